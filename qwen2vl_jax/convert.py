@@ -1,0 +1,64 @@
+"""Checkpoint conversion: HF safetensors <-> our Orbax format, streaming one tensor at a time.
+
+HF -> Orbax: tensors are read one by one into preallocated host buffers of the target params
+(no jax arrays, no second copy), then Orbax writes them. Orbax -> HF: params are restored from
+Orbax and streamed tensor by tensor into safetensors files. Either way the peak host memory is
+the model size plus about one tensor (``tools/measure_convert_memory.py`` measures it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import jax.numpy as jnp
+from flax import nnx
+
+from qwen2vl_jax.config import ModelConfig
+from qwen2vl_jax.model import abstract_model
+from qwen2vl_jax.native_checkpoint import is_native_checkpoint, load_native, save_native
+from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights
+
+
+def _progress(msg: str) -> None:
+    print(f"[convert] {msg}", file=sys.stderr, flush=True)
+
+
+def _abstract_params(cfg: ModelConfig) -> dict:
+    return nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+
+
+def hf_to_orbax(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
+                progress: Callable[[str], None] = _progress) -> Path:
+    """Convert a HF checkpoint directory into our native Orbax checkpoint."""
+    hf_dir = Path(hf_dir)
+    if not (hf_dir / "config.json").exists():
+        raise ValueError(f"{hf_dir}: no config.json; is this a HF checkpoint directory?")
+    with open(hf_dir / "config.json") as f:
+        stored = json.load(f).get("torch_dtype") or "bfloat16"
+    dt = dtype or stored
+    cfg = ModelConfig.from_json_file(hf_dir / "config.json", dtype=dt, param_dtype=dt)
+    params = load_hf_weights(hf_dir, cfg, _abstract_params(cfg), jnp.dtype(dt), progress=progress)
+    progress(f"writing Orbax checkpoint to {out_dir}")
+    return save_native(out_dir, cfg, params)
+
+
+def orbax_to_hf(orbax_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
+                progress: Callable[[str], None] = _progress) -> Path:
+    """Convert our native Orbax checkpoint into a HF safetensors directory."""
+    orbax_dir = Path(orbax_dir)
+    if not is_native_checkpoint(orbax_dir):
+        raise ValueError(f"{orbax_dir}: not a qwen2vl_jax Orbax checkpoint (no qwen2vl_jax.json)")
+    with open(orbax_dir / "qwen2vl_jax.json") as f:
+        stored = json.load(f)["dtype"]
+    cfg = ModelConfig.from_json_file(orbax_dir / "config.json", dtype=stored, param_dtype=stored)
+    progress(f"restoring {orbax_dir}")
+    params = load_native(orbax_dir, _abstract_params(cfg))
+    out = Path(out_dir)
+    save_hf_weights(out, cfg, params, dtype=dtype, progress=progress)
+    with open(out / "config.json", "w") as f:
+        json.dump(cfg.replace(param_dtype=dtype or stored).to_hf_dict(), f, indent=2)
+    return out

@@ -1,0 +1,171 @@
+"""HF-compatible facade: ``Qwen2VLForConditionalGeneration.from_pretrained / __call__ / save_pretrained``.
+
+    from qwen2vl_jax import Qwen2VLForConditionalGeneration
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype="float32")
+    out = model(input_ids=..., attention_mask=..., pixel_values=..., image_grid_thw=...)
+    out.logits                    # float32 [B, S, vocab]
+    model.save_pretrained(out_dir)  # safetensors + config.json that transformers loads
+
+``path`` is a HF checkpoint directory (config.json + model.safetensors or a sharded index), read
+with safetensors' numpy backend, or a native Orbax checkpoint written by ``save_native`` /
+``qwen2vl-jax convert``. Inputs are numpy (or anything array-like); all layout bookkeeping runs on
+the host (layout.prepare_model_inputs) and the model itself is one jitted pure function.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from qwen2vl_jax.config import ModelConfig
+from qwen2vl_jax.layout import prepare_model_inputs
+from qwen2vl_jax.model import Qwen2VL, abstract_model
+from qwen2vl_jax.native_checkpoint import is_native_checkpoint, load_native, save_native
+from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def _canonical_dtype(dtype: Any) -> str:
+    name = jnp.dtype(dtype).name if not isinstance(dtype, str) else dtype
+    if name not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use 'float32' or 'bfloat16'")
+    return _DTYPES[name]
+
+
+@dataclasses.dataclass
+class Qwen2VLOutput:
+    """Like transformers' ``Qwen2VLCausalLMOutputWithPast`` (numpy-convertible jax arrays)."""
+
+    logits: jax.Array
+    rope_deltas: np.ndarray
+    position_ids: np.ndarray
+    hidden_states: tuple[jax.Array, ...] | None = None
+    inputs_embeds: jax.Array | None = None
+
+
+class Qwen2VLForConditionalGeneration:
+    """Holds ``(config, graphdef, params)``; every computation is a jitted pure function."""
+
+    def __init__(self, config: ModelConfig, params: nnx.State | None = None, *, seed: int = 0):
+        self.config = config
+        if params is None:
+            model = Qwen2VL(config, rngs=nnx.Rngs(seed))
+        else:
+            model = abstract_model(config)
+            state = nnx.state(model, nnx.Param)
+            nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
+            nnx.update(model, state)
+        self.graphdef, self.params = nnx.split(model, nnx.Param)
+        self._jitted: dict[bool, Callable] = {}
+
+    # ------------------------------------------------------------------ loading / saving
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, dtype: Any = "float32",
+                        progress: Callable[[str], None] | None = None, **runtime: Any
+                        ) -> "Qwen2VLForConditionalGeneration":
+        """Load a HF safetensors directory or a native Orbax checkpoint into ``dtype`` params."""
+        d = Path(path)
+        if not (d / "config.json").exists():
+            raise ValueError(f"{d}: no config.json (expected a HF checkpoint directory or a "
+                             "qwen2vl_jax native checkpoint)")
+        dt = _canonical_dtype(dtype)
+        cfg = ModelConfig.from_json_file(d / "config.json", dtype=dt, param_dtype=dt, **runtime)
+        abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+        if is_native_checkpoint(d):
+            params = load_native(d, abstract)
+        else:
+            params = load_hf_weights(d, cfg, abstract, jnp.dtype(dt),
+                                     place=lambda _, x: jax.device_put(x), progress=progress)
+        return cls(cfg, params)
+
+    def save_pretrained(self, out_dir: str | os.PathLike, dtype: Any = None,
+                        max_shard_bytes: int = 5 * 2**30) -> Path:
+        """Write ``config.json`` + safetensors in the on-disk HF layout (transformers loads it)."""
+        d = Path(out_dir)
+        dt = self.config.param_dtype if dtype is None else _canonical_dtype(dtype)
+        save_hf_weights(d, self.config, self.pure_params(), dtype=jnp.dtype(dt),
+                        max_shard_bytes=max_shard_bytes)
+        cfg_dict = self.config.replace(param_dtype=dt).to_hf_dict()
+        with open(d / "config.json", "w") as f:
+            json.dump(cfg_dict, f, indent=2)
+        return d
+
+    def save_native(self, out_dir: str | os.PathLike) -> Path:
+        """Write our Orbax checkpoint (see native_checkpoint.py)."""
+        return save_native(out_dir, self.config, self.pure_params())
+
+    def pure_params(self) -> dict:
+        return nnx.to_pure_dict(self.params)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(int(x.size) for x in jax.tree.leaves(self.params))
+
+    # ------------------------------------------------------------------ forward
+
+    def _forward_fn(self, collect: bool) -> Callable:
+        if collect not in self._jitted:
+            graphdef = self.graphdef
+
+            def run(params, batch):
+                return nnx.merge(graphdef, params)(batch, collect=collect)
+
+            self._jitted[collect] = jax.jit(run)
+        return self._jitted[collect]
+
+    def __call__(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        pixel_values: Any = None,
+        image_grid_thw: Any = None,
+        pixel_values_videos: Any = None,
+        video_grid_thw: Any = None,
+        output_hidden_states: bool = False,
+    ) -> Qwen2VLOutput:
+        """Full forward pass. ``hidden_states`` (if requested) follows transformers: the decoder
+        input, then each layer's output, the last one after the final norm."""
+        batch = prepare_model_inputs(self.config, input_ids, attention_mask, pixel_values,
+                                     image_grid_thw, pixel_values_videos, video_grid_thw)
+        if int(batch["input_ids"].max(initial=0)) >= self.config.text.vocab_size or batch["input_ids"].min(initial=0) < 0:
+            raise ValueError(f"input_ids contain ids outside [0, {self.config.text.vocab_size})")
+        device_batch = {k: v for k, v in batch.items() if k != "rope_deltas"}
+        out = self._forward_fn(output_hidden_states)(self.params, device_batch)
+        hidden = None
+        if output_hidden_states:
+            layers = out["layer_outputs"]
+            hidden = (out["inputs_embeds"], *[layers[i] for i in range(layers.shape[0] - 1)],
+                      out["last_hidden_state"])
+        return Qwen2VLOutput(
+            logits=out["logits"], rope_deltas=batch["rope_deltas"], position_ids=batch["position_ids"],
+            hidden_states=hidden, inputs_embeds=out.get("inputs_embeds"),
+        )
+
+    def get_vision_features(self, pixel_values: Any, grid_thw: Any) -> jax.Array:
+        """Merged vision tokens [sum(t*h*w)/4, D] for one packed stream (images or videos)."""
+        from qwen2vl_jax.layout import check_grid, vision_position_ids, vision_segment_ids
+
+        pix = np.asarray(pixel_values, dtype=np.float32)
+        grid = check_grid(grid_thw, pix.shape[0], self.config.vision.spatial_merge_size, "grid_thw")
+        fn = _vision_fn(self.graphdef)
+        return fn(self.params, pix, vision_position_ids(grid, self.config.vision.spatial_merge_size),
+                  vision_segment_ids(grid))
+
+
+@functools.lru_cache(maxsize=8)
+def _vision_fn(graphdef: nnx.GraphDef) -> Callable:
+    def run(params, pix, pos, seg):
+        return nnx.merge(graphdef, params).visual(pix, pos, seg)
+
+    return jax.jit(run)

@@ -1,0 +1,1 @@
+"""Pure functions with no weights: rotary tables, attention, vision-token scatter."""
