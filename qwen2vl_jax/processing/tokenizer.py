@@ -1,0 +1,146 @@
+"""`Qwen2VLTokenizer`: the checkpoint's `tokenizer.json` through the `tokenizers` library.
+
+No BOS is added (the Qwen2 tokenizer has `bos_token: null`), batches are padded on the LEFT
+with `<|endoftext|>` (spec §1.3). Special-token ids are looked up in the file, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+# Token strings of spec §1.3; their ids come from tokenizer.json.
+IMAGE_TOKEN = "<|image_pad|>"
+VIDEO_TOKEN = "<|video_pad|>"
+VISION_START_TOKEN = "<|vision_start|>"
+VISION_END_TOKEN = "<|vision_end|>"
+DEFAULT_PAD_TOKEN = "<|endoftext|>"
+DEFAULT_EOS_TOKEN = "<|im_end|>"
+
+
+def _token_content(value: Any) -> str | None:
+    # tokenizer_config.json stores special tokens either as strings or AddedToken dicts.
+    if isinstance(value, dict):
+        return value.get("content")
+    return value
+
+
+class Qwen2VLTokenizer:
+    """Thin wrapper over `tokenizers.Tokenizer` with the Qwen2-VL conventions.
+
+    Args:
+        tokenizer: the loaded `tokenizers.Tokenizer`.
+        config: contents of `tokenizer_config.json` (may be empty): `pad_token`, `eos_token`,
+            `padding_side`, `model_max_length` and `chat_template` are read from it.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, config: dict[str, Any] | None = None) -> None:
+        self.backend = tokenizer
+        self.config = dict(config or {})
+        self.pad_token = _token_content(self.config.get("pad_token")) or DEFAULT_PAD_TOKEN
+        self.eos_token = _token_content(self.config.get("eos_token")) or DEFAULT_EOS_TOKEN
+        self.padding_side = self.config.get("padding_side", "left")
+        self.chat_template = self.config.get("chat_template")
+        self.pad_token_id = self.require_id(self.pad_token)
+        self.eos_token_id = self.require_id(self.eos_token)
+        self.image_token_id = self.require_id(IMAGE_TOKEN)
+        self.video_token_id = self.require_id(VIDEO_TOKEN)
+        self.vision_start_token_id = self.require_id(VISION_START_TOKEN)
+        self.vision_end_token_id = self.require_id(VISION_END_TOKEN)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> Qwen2VLTokenizer:
+        """Load `<directory>/tokenizer.json` (+ `tokenizer_config.json` when present)."""
+        directory = os.fspath(directory)
+        path = os.path.join(directory, "tokenizer.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: not found (a Qwen2-VL checkpoint directory needs tokenizer.json)")
+        try:
+            tokenizer = Tokenizer.from_file(path)
+        except Exception as err:  # tokenizers raises a bare Exception on parse errors
+            raise ValueError(f"{path}: cannot load tokenizer ({err})") from err
+        config: dict[str, Any] = {}
+        config_path = os.path.join(directory, "tokenizer_config.json")
+        if os.path.isfile(config_path):
+            with open(config_path, encoding="utf-8") as f:
+                config = json.load(f)
+        return cls(tokenizer, config)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write `tokenizer.json` and `tokenizer_config.json` to `directory`."""
+        os.makedirs(directory, exist_ok=True)
+        self.backend.save(os.path.join(os.fspath(directory), "tokenizer.json"))
+        config = dict(self.config)
+        config.update(pad_token=self.pad_token, eos_token=self.eos_token, padding_side=self.padding_side)
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
+        with open(os.path.join(os.fspath(directory), "tokenizer_config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    def token_to_id(self, token: str) -> int | None:
+        """Id of `token`, or None if the vocabulary lacks it."""
+        return self.backend.token_to_id(token)
+
+    def require_id(self, token: str) -> int:
+        """Id of `token`; ValueError if the tokenizer does not know it."""
+        token_id = self.backend.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"tokenizer has no token {token!r}; is this a Qwen2-VL tokenizer.json?")
+        return token_id
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`; special tokens written in the text become their single ids."""
+        return self.backend.encode(text).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Token ids and their (start, end) character spans in `text`."""
+        encoding = self.backend.encode(text)
+        return encoding.ids, encoding.offsets
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of `ids`."""
+        return self.backend.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, batch: Sequence[Sequence[int]], skip_special_tokens: bool = False) -> list[str]:
+        """`decode` over a batch (rows of a 2-D array or lists)."""
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+    def __call__(
+        self, text: str | Sequence[str], padding: bool = False, return_tensors: str | None = None
+    ) -> dict[str, Any]:
+        """Tokenize a string or a batch.
+
+        Returns:
+            {"input_ids", "attention_mask"}: lists of lists, or int64[B, L] arrays when
+            `return_tensors="np"` (which needs equal lengths or `padding=True`). Padding puts
+            `pad_token_id` on the `padding_side` (left for Qwen2-VL) with mask 0.
+        """
+        texts = [text] if isinstance(text, str) else list(text)
+        ids = [enc.ids for enc in self.backend.encode_batch(texts)]
+        masks = [[1] * len(row) for row in ids]
+        if padding:
+            longest = max((len(row) for row in ids), default=0)
+            for i, row in enumerate(ids):
+                fill = longest - len(row)
+                if self.padding_side == "left":
+                    ids[i] = [self.pad_token_id] * fill + row
+                    masks[i] = [0] * fill + masks[i]
+                else:
+                    ids[i] = row + [self.pad_token_id] * fill
+                    masks[i] = masks[i] + [0] * fill
+        if return_tensors is None:
+            return {"input_ids": ids, "attention_mask": masks}
+        if return_tensors != "np":
+            raise ValueError(f"return_tensors must be 'np' or None, got {return_tensors!r}")
+        if len({len(row) for row in ids}) > 1:
+            raise ValueError("sequences have different lengths; pass padding=True")
+        return {
+            "input_ids": np.asarray(ids, dtype=np.int64).reshape(len(ids), -1),
+            "attention_mask": np.asarray(masks, dtype=np.int64).reshape(len(ids), -1),
+        }
