@@ -3,6 +3,7 @@
     qwen2vl-jax info --preset {2b,7b,72b,tiny} | --config DIR   config + exact parameter count
     qwen2vl-jax convert --hf DIR --out DIR [--dtype bfloat16]     HF safetensors -> Orbax
     qwen2vl-jax convert --orbax DIR --to-hf DIR [--dtype ...]     Orbax -> HF safetensors
+    qwen2vl-jax demo [--workdir DIR]                              embedded end-to-end demo
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from qwen2vl_jax.demo import run
+
+    return run(args.workdir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen2vl-jax", description="Qwen2-VL in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", choices=["float32", "bfloat16"],
                       help="dtype of the written weights (default: as stored)")
     conv.set_defaults(func=_cmd_convert)
+
+    demo = sub.add_parser("demo", help="run the embedded end-to-end demo (no downloads)")
+    demo.add_argument("--workdir", metavar="DIR", help="where to write the demo checkpoints (default: a temp dir)")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -20,7 +20,7 @@ from flax import nnx
 from qwen2vl_jax.config import ModelConfig
 from qwen2vl_jax.model import abstract_model
 from qwen2vl_jax.native_checkpoint import is_native_checkpoint, load_native, save_native
-from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights
+from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights, stored_dtype
 
 
 def _progress(msg: str) -> None:
@@ -37,10 +37,11 @@ def hf_to_orbax(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: st
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").exists():
         raise ValueError(f"{hf_dir}: no config.json; is this a HF checkpoint directory?")
-    with open(hf_dir / "config.json") as f:
-        stored = json.load(f).get("torch_dtype") or "bfloat16"
-    dt = dtype or stored
+    dt = dtype or stored_dtype(hf_dir)
+    if dt not in ("float32", "bfloat16"):
+        raise ValueError(f"{hf_dir}: weights are stored as {dt}; pass --dtype float32 or bfloat16")
     cfg = ModelConfig.from_json_file(hf_dir / "config.json", dtype=dt, param_dtype=dt)
+    # Host numpy buffers all the way: save_native writes them without staging copies.
     params = load_hf_weights(hf_dir, cfg, _abstract_params(cfg), jnp.dtype(dt), progress=progress)
     progress(f"writing Orbax checkpoint to {out_dir}")
     return save_native(out_dir, cfg, params)
@@ -56,7 +57,7 @@ def orbax_to_hf(orbax_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype:
         stored = json.load(f)["dtype"]
     cfg = ModelConfig.from_json_file(orbax_dir / "config.json", dtype=stored, param_dtype=stored)
     progress(f"restoring {orbax_dir}")
-    params = load_native(orbax_dir, _abstract_params(cfg))
+    params = load_native(orbax_dir, _abstract_params(cfg), as_numpy=True)
     out = Path(out_dir)
     save_hf_weights(out, cfg, params, dtype=dtype, progress=progress)
     with open(out / "config.json", "w") as f:

@@ -42,6 +42,12 @@ def _canonical_dtype(dtype: Any) -> str:
     return _DTYPES[name]
 
 
+def _place(path: tuple[str, ...], host: np.ndarray) -> jax.Array:
+    """Host buffer -> device array. device_put copies asynchronously; waiting before the buffer
+    is dropped keeps at most one extra tensor alive (else several pile up: +0.3x the model)."""
+    return jax.block_until_ready(jax.device_put(host))
+
+
 @dataclasses.dataclass
 class Qwen2VLOutput:
     """Like transformers' ``Qwen2VLCausalLMOutputWithPast`` (numpy-convertible jax arrays)."""
@@ -85,8 +91,7 @@ class Qwen2VLForConditionalGeneration:
         if is_native_checkpoint(d):
             params = load_native(d, abstract)
         else:
-            params = load_hf_weights(d, cfg, abstract, jnp.dtype(dt),
-                                     place=lambda _, x: jax.device_put(x), progress=progress)
+            params = load_hf_weights(d, cfg, abstract, jnp.dtype(dt), place=_place, progress=progress)
         return cls(cfg, params)
 
     def save_pretrained(self, out_dir: str | os.PathLike, dtype: Any = None,

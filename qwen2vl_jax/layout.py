@@ -165,6 +165,12 @@ def get_rope_index(
             # HF continues from the max of the LAST chunk (this vision block): base + max(T',H',W').
             next_pos = int(vision.max()) + 1
             st = ed + gt * gh * gw
+            if st > len(token_list) or any(tok != token_list[ed] for tok in token_list[ed:st]):
+                kind = "image" if grid is image_grid else "video"
+                raise ValueError(
+                    f"input_ids row {i}: {kind} {which} with grid {[t, h, w]} needs {gt * gh * gw} "
+                    f"consecutive placeholder tokens at position {ed}, but the run there is shorter"
+                )
         if st < len(token_list):
             text_len = len(token_list) - st
             chunks.append(np.broadcast_to(np.arange(text_len) + next_pos, (3, text_len)))
@@ -223,6 +229,10 @@ def prepare_model_inputs(
         grids.append(check_grid(grid, pix.shape[0], merge, grid_name))
         streams.append(pix)
     image_grid, video_grid = grids
+    # Count check first: it gives the clearest message for a placeholder/feature mismatch.
+    n_img = int(np.prod(image_grid, axis=1).sum()) // merge**2
+    n_vid = int(np.prod(video_grid, axis=1).sum()) // merge**2
+    scatter = vision_scatter_index(ids, cfg.image_token_id, cfg.video_token_id, n_img, n_vid)
     position_ids, deltas = get_rope_index(
         ids, image_grid if len(image_grid) else None, video_grid if len(video_grid) else None, mask,
         spatial_merge_size=merge, image_token_id=cfg.image_token_id,
@@ -234,9 +244,6 @@ def prepare_model_inputs(
         "segment_ids": (np.ones(ids.shape) if mask is None else mask).astype(np.int32),
         "rope_deltas": deltas.astype(np.int32),
     }
-    n_img = int(np.prod(image_grid, axis=1).sum()) // merge**2
-    n_vid = int(np.prod(video_grid, axis=1).sum()) // merge**2
-    scatter = vision_scatter_index(ids, cfg.image_token_id, cfg.video_token_id, n_img, n_vid)
     if streams:
         grid_all = np.concatenate([image_grid, video_grid])
         out["pixel_values"] = np.concatenate(streams)

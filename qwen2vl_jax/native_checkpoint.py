@@ -14,9 +14,8 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
-
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from qwen2vl_jax.config import ModelConfig
@@ -32,9 +31,20 @@ def is_native_checkpoint(directory: str | os.PathLike) -> bool:
 def save_native(directory: str | os.PathLike, cfg: ModelConfig, params: dict) -> Path:
     d = Path(directory).absolute()
     d.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(d / "params", params, force=True)
-        ckptr.wait_until_finished()
+    # Peak host memory stays at the model size (measured 1.06x for a 2B convert) because:
+    # - numpy leaves are written in place: Orbax's default NumpyHandler deep-copies every host
+    #   array first, and its jax.Array path stages a host copy of every array at once (2.05-2.8x);
+    # - OCDBT is off: it buffers whole data files in memory before flushing (+0.8x measured);
+    # - no zstd: compression buffers cost another ~0.4x, and bf16 weights barely compress.
+    # The result is a standard Orbax PyTree checkpoint (one zarr array per parameter).
+    registry = ocp.type_handlers.create_type_handler_registry(
+        (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
+        (jax.Array, ocp.type_handlers.ArrayHandler()),
+    )
+    handler = ocp.PyTreeCheckpointHandler(save_concurrent_gb=1, type_handler_registry=registry,
+                                         use_ocdbt=False, use_compression=False)
+    with ocp.Checkpointer(handler) as ckptr:
+        ckptr.save(d / "params", args=ocp.args.PyTreeSave(params), force=True)
     with open(d / "config.json", "w") as f:
         json.dump(cfg.to_hf_dict(), f, indent=2)
     with open(d / MARKER, "w") as f:
@@ -42,20 +52,32 @@ def save_native(directory: str | os.PathLike, cfg: ModelConfig, params: dict) ->
     return d
 
 
-def load_native(directory: str | os.PathLike, abstract_params: dict) -> dict:
-    """Restore params into the shapes/dtypes (and shardings, if set) of ``abstract_params``."""
+def load_native(directory: str | os.PathLike, abstract_params: dict, as_numpy: bool = False) -> dict:
+    """Restore params into the shapes/dtypes (and shardings, if set) of ``abstract_params``.
+
+    ``as_numpy`` restores host numpy arrays (for conversion: reading a CPU jax array back as
+    numpy costs a copy of it)."""
     d = Path(directory).absolute()
     with open(d / MARKER) as f:
         marker = json.load(f)
     if marker.get("format") != FORMAT:
         raise ValueError(f"{d}: {MARKER} says format {marker.get('format')!r}, expected {FORMAT!r}")
-    target = jax.tree.map(_abstract_leaf, abstract_params)
-    with ocp.StandardCheckpointer() as ckptr:
+    # Bounded restore concurrency keeps the restore at about the model size too.
+    handler = ocp.PyTreeCheckpointHandler(restore_concurrent_gb=1)
+    if as_numpy:
+        restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray, dtype=x.dtype),
+                                    abstract_params)
+    else:
+        restore_args = jax.tree.map(
+            lambda x: ocp.ArrayRestoreArgs(dtype=x.dtype, global_shape=x.shape,
+                                           sharding=getattr(x, "sharding", None) or _default_sharding()),
+            abstract_params)
+    with ocp.Checkpointer(handler) as ckptr:
         try:
-            return ckptr.restore(d / "params", target)
+            return ckptr.restore(d / "params", args=ocp.args.PyTreeRestore(restore_args=restore_args))
         except (ValueError, KeyError) as e:
             raise ValueError(f"{d}/params does not match the config in {d}/config.json: {e}") from e
 
 
-def _abstract_leaf(x: Any) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+def _default_sharding() -> jax.sharding.Sharding:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])

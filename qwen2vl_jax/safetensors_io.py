@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from safetensors import safe_open
+import ml_dtypes
 
 from qwen2vl_jax.checkpoint_mapping import NameMatcher, Rule, build_rules, expected_hf_names, num_layers
 from qwen2vl_jax.config import ModelConfig
@@ -41,6 +41,65 @@ def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
     if not files:
         raise ValueError(f"{d}: no model.safetensors, {SAFE_INDEX} or *.safetensors found")
     return files
+
+
+_FROM_ST = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
+_NP_FROM_ST = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F64": np.float64,
+               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+               "BOOL": np.bool_}
+
+
+class SafetensorsReader:
+    """Reads one tensor at a time with plain file reads.
+
+    safetensors' own reader memory-maps the file, and every mapped page it touches counts in the
+    process RSS until the file is closed (2 GB shards measured +1.9 GB on a 2B convert). Here
+    only the tensor being read is in memory. Format: u64 header length, JSON header, raw bytes.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        with open(self.path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError(f"{self.path}: not a safetensors file (truncated header)")
+            n = int.from_bytes(raw, "little")
+            try:
+                header = json.loads(f.read(n))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{self.path}: not a safetensors file ({e})") from e
+        self.data_start = 8 + n
+        header.pop("__metadata__", None)
+        self.header: dict[str, dict] = header
+
+    def keys(self) -> list[str]:
+        return list(self.header)
+
+    def dtype_name(self, name: str) -> str:
+        return self.header[name]["dtype"]
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        info = self.header[name]
+        if info["dtype"] not in _NP_FROM_ST:
+            raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
+        dt = np.dtype(_NP_FROM_ST[info["dtype"]])
+        start, end = info["data_offsets"]
+        count = (end - start) // dt.itemsize
+        arr = np.fromfile(self.path, dtype=dt.newbyteorder("<"), count=count,
+                          offset=self.data_start + start)
+        if arr.size != count:
+            raise ValueError(f"{self.path}: tensor {name} is truncated")
+        return arr.reshape(info["shape"])
+
+
+def stored_dtype(directory: str | os.PathLike) -> str:
+    """The floating dtype the checkpoint's tensors are stored in (e.g. "bfloat16")."""
+    for file in checkpoint_files(directory):
+        reader = SafetensorsReader(file)
+        for name in reader.keys():
+            if reader.dtype_name(name) in _FROM_ST:
+                return _FROM_ST[reader.dtype_name(name)]
+    raise ValueError(f"{directory}: no floating-point tensors found")
 
 
 def _abstract_shapes(abstract: dict, path: tuple[str, ...]) -> tuple[int, ...]:
@@ -73,39 +132,41 @@ def load_hf_weights(
     for file in checkpoint_files(directory):
         if progress:
             progress(f"reading {file.name}")
-        with safe_open(str(file), framework="np") as f:
-            for name in f.keys():
-                hit = matcher.match(name)
-                canonical = None
-                if hit is not None:
-                    rule, layer = hit
-                    canonical = rule.hf_name.format(i=layer) if rule.stacked else rule.hf_name
-                    if rule.stacked and layer >= num_layers(cfg, rule):
-                        hit = None
-                if hit is None:
-                    if cfg.text.tie_word_embeddings and name == "lm_head.weight":
-                        continue  # tied: transformers ignores a stored lm_head too
-                    unexpected.append(name)
-                    continue
-                full_shape = _abstract_shapes(abstract_params, rule.path)
-                target = full_shape[1:] if rule.stacked else full_shape
-                tensor = f.get_tensor(name)
-                expected_hf = rule.to_hf(np.empty(target, dtype=np.uint8)).shape
-                if tuple(tensor.shape) != tuple(expected_hf):
-                    mismatched.append(f"{name}: checkpoint {tuple(tensor.shape)}, expected {tuple(expected_hf)}")
-                    continue
-                value = rule.to_ours(tensor)
-                buf = buffers.get(rule.path)
-                if buf is None:
-                    buf = buffers[rule.path] = np.empty(full_shape, dtype=dtype)
-                if rule.stacked:
-                    buf[layer] = value
-                else:
-                    buf[...] = value
-                if canonical in filled:
-                    unexpected.append(f"{name} (duplicate of {canonical})")
-                filled.add(canonical)
-                del tensor, value
+        reader = SafetensorsReader(file)
+        for name in reader.keys():
+            hit = matcher.match(name)
+            canonical = None
+            if hit is not None:
+                rule, layer = hit
+                canonical = rule.hf_name.format(i=layer) if rule.stacked else rule.hf_name
+                if rule.stacked and layer >= num_layers(cfg, rule):
+                    hit = None
+            if hit is None:
+                if cfg.text.tie_word_embeddings and name == "lm_head.weight":
+                    continue  # tied: transformers ignores a stored lm_head too
+                unexpected.append(name)
+                continue
+            full_shape = _abstract_shapes(abstract_params, rule.path)
+            target = full_shape[1:] if rule.stacked else full_shape
+            stored_shape = tuple(reader.header[name]["shape"])
+            expected_hf = tuple(rule.to_hf(np.empty(target, dtype=np.uint8)).shape)
+            if stored_shape != expected_hf:
+                mismatched.append(f"{name}: checkpoint {stored_shape}, expected {expected_hf}")
+                filled.add(canonical)  # reported as mis-shaped, not also as missing
+                continue
+            tensor = reader.get_tensor(name)
+            value = rule.to_ours(tensor)
+            buf = buffers.get(rule.path)
+            if buf is None:
+                buf = buffers[rule.path] = np.empty(full_shape, dtype=dtype)
+            if rule.stacked:
+                buf[layer] = value
+            else:
+                buf[...] = value
+            if canonical in filled:
+                unexpected.append(f"{name} (duplicate of {canonical})")
+            filled.add(canonical)
+            del tensor, value
     missing = [n for n in expected_hf_names(cfg) if n not in filled]
     if missing or unexpected or mismatched:
         parts = [f"checkpoint {directory} does not match the config:"]

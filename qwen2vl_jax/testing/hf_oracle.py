@@ -107,3 +107,31 @@ def hf_forward(model: HFModel, inputs: dict, output_hidden_states: bool = False)
         kw[k] = t
     with torch.no_grad():
         return model(**kw, output_hidden_states=output_hidden_states, return_dict=True)
+
+
+# Parity cases: each is a batch (list of rows); rows are segment lists for make_case.
+CASES: dict[str, list[list[tuple]]] = {
+    "one_image": [[("text", 3), ("image", (1, 4, 6)), ("text", 5)]],
+    "images_of_different_grids_in_one_row": [[("text", 2), ("image", (1, 4, 6)), ("text", 3),
+                                              ("image", (1, 2, 2)), ("image", (1, 6, 4)), ("text", 2)]],
+    "video": [[("text", 3), ("video", (3, 2, 4)), ("text", 4)]],
+    "video_T_exceeds_H_and_W": [[("text", 2), ("video", (6, 2, 2)), ("text", 5)]],
+    "text_only": [[("text", 12)]],
+    "left_padded_batch_of_2": [[("text", 3), ("image", (1, 4, 4)), ("text", 2)],
+                               [("text", 2), ("video", (2, 2, 4)), ("text", 3), ("image", (1, 2, 2)),
+                                ("text", 1)]],
+}
+
+
+def case_inputs(name: str, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return batch_inputs(rng, [make_case(rng, row) for row in CASES[name]])
+
+
+def max_diff(a, b, mask: np.ndarray | None = None) -> float:
+    def host(x):
+        return np.asarray(x.float().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+
+    a, b = host(a), host(b)
+    d = np.abs(a - b)
+    return float((d[mask] if mask is not None else d).max())

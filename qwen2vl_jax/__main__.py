@@ -1,0 +1,5 @@
+import sys
+
+from qwen2vl_jax.cli import main
+
+sys.exit(main())

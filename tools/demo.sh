@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The project's demo command: creates its own virtual environment (.venv) on a fresh clone,
+# installs the package, and runs `qwen2vl-jax demo` (embedded default, no downloads).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e .
+export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu}
+exec .venv/bin/qwen2vl-jax demo "$@"
