@@ -8,13 +8,27 @@ from qwen2vl_jax.config import ModelConfig, TextConfig, VisionConfig, get_preset
 from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration, Qwen2VLOutput
 from qwen2vl_jax.model import Qwen2VL, count_params
 from qwen2vl_jax.processing import (
-    Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLTokenizer, Qwen2VLVideoProcessor,
-    apply_chat_template, smart_resize,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLTokenizer,
+    Qwen2VLVideoProcessor,
+    apply_chat_template,
+    smart_resize,
 )
 
 __all__ = [
-    "ModelConfig", "TextConfig", "VisionConfig", "get_preset", "Qwen2VL", "count_params",
-    "Qwen2VLForConditionalGeneration", "Qwen2VLOutput",
-    "Qwen2VLImageProcessor", "Qwen2VLVideoProcessor", "Qwen2VLProcessor", "Qwen2VLTokenizer",
-    "apply_chat_template", "smart_resize",
+    "ModelConfig",
+    "Qwen2VL",
+    "Qwen2VLForConditionalGeneration",
+    "Qwen2VLImageProcessor",
+    "Qwen2VLOutput",
+    "Qwen2VLProcessor",
+    "Qwen2VLTokenizer",
+    "Qwen2VLVideoProcessor",
+    "TextConfig",
+    "VisionConfig",
+    "apply_chat_template",
+    "count_params",
+    "get_preset",
+    "smart_resize",
 ]

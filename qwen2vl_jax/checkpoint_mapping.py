@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -49,9 +49,9 @@ def _identity(x: np.ndarray) -> np.ndarray:
 
 def build_rules(cfg: ModelConfig) -> list[Rule]:
     t, v = cfg.text, cfg.vision
-    d, h, kv, hd = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim
+    h, kv, hd = t.num_attention_heads, t.num_key_value_heads, t.head_dim
     e, vh, vd = v.embed_dim, v.num_heads, v.head_dim
-    T = lambda x: x.T  # noqa: E731 - [out, in] <-> [in, out]
+    T = lambda x: x.T
 
     def heads_in(n_heads: int, head_dim: int) -> tuple[Transform, Transform]:
         # [n*hd, D] <-> [D, n, hd]

@@ -123,13 +123,13 @@ class ModelConfig:
     text_attention_impl: str = "xla"
     remat: str = "none"  # "none" | "full" | "dots": rematerialisation policy for scanned layers
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------ HF config.json I/O
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any], **runtime: Any) -> "ModelConfig":
+    def from_hf_dict(cls, d: dict[str, Any], **runtime: Any) -> ModelConfig:
         """Build a config from a HF ``config.json`` dict (flat hub, nested >=4.52, or v5 form).
 
         Raises ``ValueError`` naming every unknown field, and every architecture field that is
@@ -215,7 +215,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_json_file(cls, path: str | os.PathLike, **runtime: Any) -> "ModelConfig":
+    def from_json_file(cls, path: str | os.PathLike, **runtime: Any) -> ModelConfig:
         with open(path) as f:
             try:
                 d = json.load(f)

@@ -44,7 +44,7 @@ def run(workdir: str | None = None) -> int:
     model.save_pretrained(work / "hf")
 
     print("[3/5] converting HF -> Orbax -> HF")
-    quiet = lambda _msg: None  # noqa: E731
+    quiet = lambda _msg: None
     hf_to_orbax(work / "hf", work / "orbax", progress=quiet)
     orbax_to_hf(work / "orbax", work / "hf_back", progress=quiet)
 

@@ -18,8 +18,9 @@ import dataclasses
 import functools
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,7 +80,7 @@ class Qwen2VLForConditionalGeneration:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: Any = "float32",
                         progress: Callable[[str], None] | None = None, **runtime: Any
-                        ) -> "Qwen2VLForConditionalGeneration":
+                        ) -> Qwen2VLForConditionalGeneration:
         """Load a HF safetensors directory or a native Orbax checkpoint into ``dtype`` params."""
         d = Path(path)
         if not (d / "config.json").exists():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import numpy as np
 import ml_dtypes
+import numpy as np
 
 from qwen2vl_jax.checkpoint_mapping import NameMatcher, Rule, build_rules, expected_hf_names, num_layers
 from qwen2vl_jax.config import ModelConfig
@@ -96,7 +97,7 @@ def stored_dtype(directory: str | os.PathLike) -> str:
     """The floating dtype the checkpoint's tensors are stored in (e.g. "bfloat16")."""
     for file in checkpoint_files(directory):
         reader = SafetensorsReader(file)
-        for name in reader.keys():
+        for name in reader.header:
             if reader.dtype_name(name) in _FROM_ST:
                 return _FROM_ST[reader.dtype_name(name)]
     raise ValueError(f"{directory}: no floating-point tensors found")
@@ -133,7 +134,7 @@ def load_hf_weights(
         if progress:
             progress(f"reading {file.name}")
         reader = SafetensorsReader(file)
-        for name in reader.keys():
+        for name in reader.header:
             hit = matcher.match(name)
             canonical = None
             if hit is not None:

@@ -5,7 +5,11 @@ import pytest
 
 from qwen2vl_jax.config import get_preset
 from qwen2vl_jax.layout import (
-    check_grid, get_rope_index, prepare_model_inputs, vision_position_ids, vision_scatter_index,
+    check_grid,
+    get_rope_index,
+    prepare_model_inputs,
+    vision_position_ids,
+    vision_scatter_index,
     vision_segment_ids,
 )
 

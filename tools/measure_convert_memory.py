@@ -14,15 +14,13 @@ Needs about 3x the model size of free disk (2B: ~13 GB).
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import json
 
 import ml_dtypes
 import numpy as np
@@ -72,7 +70,7 @@ def peak_rss_of(cmd: list[str]) -> tuple[int, float]:
     wrapper = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=False)
     if proc.returncode:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"command failed: {' '.join(cmd)}")
@@ -93,8 +91,9 @@ def main() -> None:
     size = write_random_checkpoint(args.preset, hf)
     print(f"random {args.preset} checkpoint: {size / 2**30:.2f} GiB bf16, written in {time.time() - t0:.0f}s")
     cli = [sys.executable, "-m", "qwen2vl_jax"]
-    load = [sys.executable, "-c", "import sys; from qwen2vl_jax import Qwen2VLForConditionalGeneration as M; "
-            "M.from_pretrained(sys.argv[1], dtype='bfloat16')", str(hf)]
+    load_code = ("import sys; from qwen2vl_jax import Qwen2VLForConditionalGeneration as M; "
+                 "M.from_pretrained(sys.argv[1], dtype='bfloat16')")
+    load = [sys.executable, "-c", load_code, str(hf)]
     for label, cmd in (("from_pretrained(HF, bf16)", load),
                        ("HF -> Orbax", cli + ["convert", "--hf", str(hf), "--out", str(orbax)]),
                        ("Orbax -> HF", cli + ["convert", "--orbax", str(orbax), "--to-hf", str(back)])):

@@ -8,7 +8,7 @@ sharding raises without an active mesh); the sharding is applied when params are
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

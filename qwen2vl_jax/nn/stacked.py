@@ -6,7 +6,7 @@ per-layer logical names with a leading ``layers`` axis (replicated by the shardi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 from flax import nnx

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration as HFModel
+from transformers import Qwen2VLConfig
+from transformers import Qwen2VLForConditionalGeneration as HFModel
 
 # Token ids of the tiny vocab (spec §7 tester layout, merge size 2 as recommended).
 PAD, BOS, EOS, VISION_START, IMAGE, VIDEO, VISION_END = 0, 1, 2, 3, 4, 5, 6
