@@ -98,6 +98,38 @@ class TextConfig:
         return self.hidden_size // self.num_attention_heads
 
 
+def _powers_of_two(start: int, stop: int) -> tuple[int, ...]:
+    out, n = [], start
+    while n <= stop:
+        out.append(n)
+        n *= 2
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketConfig:
+    """Fixed compiled shapes (ARCHITECTURE "Fixed-shape token buckets").
+
+    Every input is padded up to the smallest bucket that fits: all images and video slices of a
+    batch form one patch stream padded to a ``patch_buckets`` entry, text is left-padded to a
+    ``text_buckets`` entry and the batch to a ``batch_buckets`` entry. Sizes are sorted; the
+    patch buckets must be multiples of spatial_merge_size**2 so merge windows stay whole.
+    """
+
+    patch_buckets: tuple[int, ...] = _powers_of_two(256, 65536)
+    text_buckets: tuple[int, ...] = _powers_of_two(128, 32768)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    # Decode-cache lengths (prompt bucket + new tokens) are rounded up to a multiple of this.
+    cache_multiple: int = 128
+
+    def __post_init__(self):
+        for name in ("patch_buckets", "text_buckets", "batch_buckets"):
+            sizes = tuple(sorted(int(x) for x in getattr(self, name)))
+            if not sizes or sizes[0] <= 0:
+                raise ValueError(f"BucketConfig.{name} must be a non-empty list of positive sizes")
+            object.__setattr__(self, name, sizes)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The whole model, plus the runtime choices that do not change the weights.
@@ -122,6 +154,7 @@ class ModelConfig:
     vision_attention_impl: str = "xla"
     text_attention_impl: str = "xla"
     remat: str = "none"  # "none" | "full" | "dots": rematerialisation policy for scanned layers
+    buckets: BucketConfig = dataclasses.field(default_factory=BucketConfig)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

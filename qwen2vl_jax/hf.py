@@ -28,7 +28,10 @@ import numpy as np
 from flax import nnx
 
 from qwen2vl_jax.config import ModelConfig
-from qwen2vl_jax.layout import prepare_model_inputs
+from qwen2vl_jax.generate import (
+    GenerationSettings, cache_length, generation_defaults, make_decode, make_prefill,
+)
+from qwen2vl_jax.layout import bucket_model_inputs, prepare_model_inputs
 from qwen2vl_jax.model import Qwen2VL, abstract_model
 from qwen2vl_jax.native_checkpoint import is_native_checkpoint, load_native, save_native
 from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights
@@ -63,8 +66,10 @@ class Qwen2VLOutput:
 class Qwen2VLForConditionalGeneration:
     """Holds ``(config, graphdef, params)``; every computation is a jitted pure function."""
 
-    def __init__(self, config: ModelConfig, params: nnx.State | None = None, *, seed: int = 0):
+    def __init__(self, config: ModelConfig, params: nnx.State | None = None, *, seed: int = 0,
+                 generation_config: dict[str, Any] | None = None):
         self.config = config
+        self.generation_config = dict(generation_config or {})
         if params is None:
             model = Qwen2VL(config, rngs=nnx.Rngs(seed))
         else:
@@ -73,7 +78,7 @@ class Qwen2VLForConditionalGeneration:
             nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
             nnx.update(model, state)
         self.graphdef, self.params = nnx.split(model, nnx.Param)
-        self._jitted: dict[bool, Callable] = {}
+        self._jitted: dict[Any, Callable] = {}
 
     # ------------------------------------------------------------------ loading / saving
 
@@ -93,7 +98,11 @@ class Qwen2VLForConditionalGeneration:
             params = load_native(d, abstract)
         else:
             params = load_hf_weights(d, cfg, abstract, jnp.dtype(dt), place=_place, progress=progress)
-        return cls(cfg, params)
+        gen_cfg = {}
+        if (d / "generation_config.json").exists():
+            with open(d / "generation_config.json") as f:
+                gen_cfg = json.load(f)
+        return cls(cfg, params, generation_config=gen_cfg)
 
     def save_pretrained(self, out_dir: str | os.PathLike, dtype: Any = None,
                         max_shard_bytes: int = 5 * 2**30) -> Path:
@@ -105,6 +114,9 @@ class Qwen2VLForConditionalGeneration:
         cfg_dict = self.config.replace(param_dtype=dt).to_hf_dict()
         with open(d / "config.json", "w") as f:
             json.dump(cfg_dict, f, indent=2)
+        if self.generation_config:
+            with open(d / "generation_config.json", "w") as f:
+                json.dump(self.generation_config, f, indent=2)
         return d
 
     def save_native(self, out_dir: str | os.PathLike) -> Path:
@@ -142,21 +154,123 @@ class Qwen2VLForConditionalGeneration:
     ) -> Qwen2VLOutput:
         """Full forward pass. ``hidden_states`` (if requested) follows transformers: the decoder
         input, then each layer's output, the last one after the final norm."""
-        batch = prepare_model_inputs(self.config, input_ids, attention_mask, pixel_values,
-                                     image_grid_thw, pixel_values_videos, video_grid_thw)
-        if int(batch["input_ids"].max(initial=0)) >= self.config.text.vocab_size or batch["input_ids"].min(initial=0) < 0:
-            raise ValueError(f"input_ids contain ids outside [0, {self.config.text.vocab_size})")
-        device_batch = {k: v for k, v in batch.items() if k != "rope_deltas"}
+        batch = self._prepare(input_ids, attention_mask, pixel_values, image_grid_thw,
+                              pixel_values_videos, video_grid_thw)
+        b, s = batch["input_ids"].shape
+        bucketed = bucket_model_inputs(self.config, batch)
+        device_batch = {k: v for k, v in bucketed.items() if k != "rope_deltas"}
         out = self._forward_fn(output_hidden_states)(self.params, device_batch)
+        S = bucketed["input_ids"].shape[1]
+
+        def real(x):  # drop the bucket padding (on the host: an eager slice would compile per size)
+            return np.asarray(x)[:b, S - s:]
+
         hidden = None
         if output_hidden_states:
-            layers = out["layer_outputs"]
-            hidden = (out["inputs_embeds"], *[layers[i] for i in range(layers.shape[0] - 1)],
-                      out["last_hidden_state"])
+            layers = np.asarray(out["layer_outputs"])
+            hidden = (real(out["inputs_embeds"]), *[real(layers[i]) for i in range(layers.shape[0] - 1)],
+                      real(out["last_hidden_state"]))
         return Qwen2VLOutput(
-            logits=out["logits"], rope_deltas=batch["rope_deltas"], position_ids=batch["position_ids"],
-            hidden_states=hidden, inputs_embeds=out.get("inputs_embeds"),
+            logits=real(out["logits"]), rope_deltas=batch["rope_deltas"], position_ids=batch["position_ids"],
+            hidden_states=hidden, inputs_embeds=real(out["inputs_embeds"]) if output_hidden_states else None,
         )
+
+    def _prepare(self, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
+                 video_grid_thw) -> dict[str, np.ndarray]:
+        batch = prepare_model_inputs(self.config, input_ids, attention_mask, pixel_values,
+                                     image_grid_thw, pixel_values_videos, video_grid_thw)
+        ids = batch["input_ids"]
+        if int(ids.max(initial=0)) >= self.config.text.vocab_size or ids.min(initial=0) < 0:
+            raise ValueError(f"input_ids contain ids outside [0, {self.config.text.vocab_size})")
+        return batch
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        input_ids: Any,
+        attention_mask: Any = None,
+        pixel_values: Any = None,
+        image_grid_thw: Any = None,
+        pixel_values_videos: Any = None,
+        video_grid_thw: Any = None,
+        *,
+        max_new_tokens: int | None = None,
+        min_new_tokens: int | None = None,
+        do_sample: bool | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        repetition_penalty: float | None = None,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        seed: int = 0,
+        streamer: Callable[[np.ndarray], None] | None = None,
+        stream_chunk: int = 16,
+    ) -> np.ndarray:
+        """Prompt + new tokens, int64[B, S + n] (transformers semantics).
+
+        Defaults come from the checkpoint's generation_config.json, then config.json; explicit
+        arguments win. Rows stop independently at an eos id and are padded with pad_token_id
+        afterwards; generation ends when every row has stopped or after max_new_tokens (20 if
+        unset anywhere). ``streamer(tokens)`` receives each new chunk (int32[B, k]) as it is
+        decoded, every ``stream_chunk`` tokens; the decode loop runs on device in between.
+        """
+        settings = self._generation_settings(locals())
+        batch = self._prepare(input_ids, attention_mask, pixel_values, image_grid_thw,
+                              pixel_values_videos, video_grid_thw)
+        b, s = batch["input_ids"].shape
+        bucketed = bucket_model_inputs(self.config, batch)
+        B, S = bucketed["input_ids"].shape
+        # Repetition penalty sees the caller's prompt (not our bucket padding), like transformers.
+        presence = np.zeros((B, self.config.text.vocab_size), bool)
+        presence[np.arange(b)[:, None], batch["input_ids"]] = True
+        T = cache_length(S, settings.max_new_tokens, self.config.buckets.cache_multiple)
+        knobs = settings.scalars()
+        prefill = self._cached(("prefill", T, settings.do_sample), lambda: make_prefill(self.graphdef, T, settings.do_sample))
+        chunk = stream_chunk if streamer else 1 << 24
+        decode = self._cached(("decode", chunk, settings.do_sample), lambda: make_decode(self.graphdef, chunk, settings.do_sample))
+        state = prefill(self.params, bucketed, knobs, presence, jax.random.key(settings.seed))
+        emitted = 0
+        while True:  # one iteration per chunk (a single one without a streamer)
+            step = int(state["step"])
+            if streamer and step > emitted:
+                streamer(np.asarray(state["tokens"])[:b, emitted:step])
+                emitted = step
+            if step >= settings.max_new_tokens or np.asarray(state["finished"])[:b].all():
+                break
+            state = decode(self.params, state, knobs)
+        n = int(state["step"])
+        new = np.asarray(state["tokens"])[:b, :n].astype(np.int64)
+        return np.concatenate([np.asarray(batch["input_ids"], np.int64), new], axis=1)
+
+    def _generation_settings(self, args: dict[str, Any]) -> GenerationSettings:
+        merged = generation_defaults(self.generation_config, self.config)
+        for key in ("max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
+                    "repetition_penalty", "pad_token_id"):
+            if args.get(key) is not None:
+                merged[key] = args[key]
+        if args.get("eos_token_id") is not None:
+            eos = args["eos_token_id"]
+            merged["eos_token_id"] = tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
+        merged.setdefault("max_new_tokens", 20)
+        merged["seed"] = args.get("seed", 0)
+        settings = GenerationSettings(**{k: v for k, v in merged.items()
+                                         if k in GenerationSettings.__dataclass_fields__})
+        if settings.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
+        if settings.do_sample and settings.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {settings.temperature}")
+        if not 0 < settings.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {settings.top_p}")
+        if settings.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {settings.repetition_penalty}")
+        return settings
+
+    def _cached(self, key: Any, build: Callable[[], Callable]) -> Callable:
+        if key not in self._jitted:
+            self._jitted[key] = build()
+        return self._jitted[key]
 
     def get_vision_features(self, pixel_values: Any, grid_thw: Any) -> jax.Array:
         """Merged vision tokens [sum(t*h*w)/4, D] for one packed stream (images or videos)."""

@@ -33,26 +33,35 @@ class DecoderLayer(nnx.Module):
         self.up_kernel = make_param(rngs, normal_init, (d, i), ("embed", "mlp"), pd)
         self.down_kernel = make_param(rngs, normal_init, (i, d), ("mlp", "embed"), pd)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x: [B, S, D]; cos/sin: [B, S, head_dim] in the compute dtype; segment_ids: int32[B, S]."""
+    def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
+        """x: [B, S, D] -> rotated q [B, S, H, hd], rotated k and v [B, S, KV, hd]."""
         dt = jnp.dtype(self.cfg.dtype)
-        with jax.named_scope("attention"):
-            h = self.input_norm(x)
-            q = dense(h, self.q_kernel[...], self.q_bias[...], "bsd,dhk->bshk", dt)
-            k = dense(h, self.k_kernel[...], self.k_bias[...], "bsd,dhk->bshk", dt)
-            v = dense(h, self.v_kernel[...], self.v_bias[...], "bsd,dhk->bshk", dt)
-            # Text rotary runs in the activation dtype (not upcast), spec §3.2 / §10.1.
-            c, s = cos[:, :, None, :], sin[:, :, None, :]
-            q, k = apply_rotary(q, c, s), apply_rotary(k, c, s)
-            o = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                          causal=True, impl=self.cfg.text_attention_impl)
-            x = x + dense(o, self.o_kernel[...], None, "bshk,hkd->bsd", dt)
+        h = self.input_norm(x)
+        q = dense(h, self.q_kernel[...], self.q_bias[...], "bsd,dhk->bshk", dt)
+        k = dense(h, self.k_kernel[...], self.k_bias[...], "bsd,dhk->bshk", dt)
+        v = dense(h, self.v_kernel[...], self.v_bias[...], "bsd,dhk->bshk", dt)
+        # Text rotary runs in the activation dtype (not upcast), spec §3.2 / §10.1. The KV cache
+        # stores post-rotary keys, as the reference does (spec §6).
+        c, s = cos[:, :, None, :], sin[:, :, None, :]
+        return apply_rotary(q, c, s), apply_rotary(k, c, s), v
+
+    def finish(self, x: jax.Array, attn_out: jax.Array) -> jax.Array:
+        """Residual after attention, then the SwiGLU MLP block."""
+        dt = jnp.dtype(self.cfg.dtype)
+        x = x + dense(attn_out, self.o_kernel[...], None, "bshk,hkd->bsd", dt)
         with jax.named_scope("mlp"):
             h = self.post_attention_norm(x)
             gate = dense(h, self.gate_kernel[...], None, "bsd,dm->bsm", dt)
             up = dense(h, self.up_kernel[...], None, "bsd,dm->bsm", dt)
-            x = x + dense(jax.nn.silu(gate) * up, self.down_kernel[...], None, "bsm,md->bsd", dt)
-        return x
+            return x + dense(jax.nn.silu(gate) * up, self.down_kernel[...], None, "bsm,md->bsd", dt)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        """x: [B, S, D]; cos/sin: [B, S, head_dim] in the compute dtype; segment_ids: int32[B, S]."""
+        with jax.named_scope("attention"):
+            q, k, v = self.project_qkv(x, cos, sin)
+            o = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                          causal=True, impl=self.cfg.text_attention_impl)
+        return self.finish(x, o)
 
 
 class Decoder(nnx.Module):
