@@ -3,6 +3,8 @@
     qwen2vl-jax info --preset {2b,7b,72b,tiny} | --config DIR   config + exact parameter count
     qwen2vl-jax convert --hf DIR --out DIR [--dtype bfloat16]     HF safetensors -> Orbax
     qwen2vl-jax convert --orbax DIR --to-hf DIR [--dtype ...]     Orbax -> HF safetensors
+    qwen2vl-jax generate --model DIR [--image PATH ...] [--video PATH] --prompt TEXT [...]
+    qwen2vl-jax bench [...]                                       inference benchmark
     qwen2vl-jax demo [--workdir DIR]                              embedded end-to-end demo
 """
 
@@ -57,6 +59,93 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from qwen2vl_jax.config import BucketConfig
+    from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
+    from qwen2vl_jax.processing import Qwen2VLProcessor
+
+    def err(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    t0 = time.perf_counter()
+    processor = Qwen2VLProcessor.from_pretrained(args.model)
+    runtime = {}
+    if args.text_buckets or args.patch_buckets:
+        base = BucketConfig()
+        runtime["buckets"] = BucketConfig(patch_buckets=args.patch_buckets or base.patch_buckets,
+                                          text_buckets=args.text_buckets or base.text_buckets)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(args.model, dtype=args.dtype, **runtime)
+    err(f"[generate] loaded {args.model} ({model.num_parameters:,} parameters, {args.dtype}) "
+        f"in {time.perf_counter() - t0:.1f}s")
+    sampling = {}
+    if args.temperature is not None:
+        sampling["do_sample"] = args.temperature > 0
+        if args.temperature > 0:
+            sampling["temperature"] = args.temperature
+    if args.top_p is not None:
+        sampling["top_p"] = args.top_p
+    if args.top_k is not None:
+        sampling["top_k"] = args.top_k
+    if args.precompile:
+        n, secs = model.precompile(max_new_tokens=args.max_new_tokens, do_sample=sampling.get("do_sample"),
+                                   stream_chunk=args.stream_chunk)
+        err(f"[generate] precompiled {n} programs (all configured buckets) in {secs:.1f}s")
+
+    content = [{"type": "image"} for _ in args.image] + [{"type": "video"} for _ in args.video]
+    content.append({"type": "text", "text": args.prompt})
+    messages = [{"role": "user", "content": content}]
+    if args.system:
+        messages.insert(0, {"role": "system", "content": args.system})
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[text], images=args.image or None, videos=args.video or None, return_tensors="np")
+    tok = processor.tokenizer
+    eos_ids = set(model._generation_settings({}).eos_token_id)
+    pieces: list[int] = []
+    printed = ""
+
+    def stream(chunk: np.ndarray) -> None:
+        nonlocal printed
+        for t in chunk[0].tolist():
+            if t in eos_ids:
+                return
+            pieces.append(t)
+        text_now = tok.decode(pieces, skip_special_tokens=True)
+        if not text_now.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(text_now[len(printed):])
+            sys.stdout.flush()
+            printed = text_now
+
+    timings: dict[str, float] = {}
+    model.generate(**inputs, max_new_tokens=args.max_new_tokens, seed=args.seed, streamer=stream,
+                   stream_chunk=args.stream_chunk, timings=timings, **sampling)
+    final = tok.decode(pieces, skip_special_tokens=True)
+    sys.stdout.write(final[len(printed):] + "\n")
+    sys.stdout.flush()
+    n = int(timings["new_tokens"])
+    rate = (n - 1) / timings["decode_s"] if n > 1 and timings["decode_s"] > 0 else float("nan")
+    note = "" if args.precompile else " (includes compilation; --precompile separates it)"
+    err(f"[generate] prompt {inputs['input_ids'].shape[1]} tokens; prefill {1e3 * timings['prefill_s']:.1f} ms{note}; "
+        f"decode {n - 1} tokens in {timings['decode_s']:.3f}s = {rate:.1f} tokens/s")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from qwen2vl_jax.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from qwen2vl_jax.demo import run
 
@@ -83,6 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--dtype", choices=["float32", "bfloat16"],
                       help="dtype of the written weights (default: as stored)")
     conv.set_defaults(func=_cmd_convert)
+
+    gen = sub.add_parser("generate", help="answer a prompt about images / videos, streaming to stdout")
+    gen.add_argument("--model", required=True, metavar="DIR",
+                     help="checkpoint directory (HF or Orbax) with tokenizer.json and preprocessor_config.json")
+    gen.add_argument("--image", action="append", default=[], metavar="PATH", help="an image (repeatable)")
+    gen.add_argument("--video", action="append", default=[], metavar="PATH", help="a video file (repeatable)")
+    gen.add_argument("--prompt", required=True, help="the user's question")
+    gen.add_argument("--system", help="a system prompt (default: the template's)")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, help="> 0 samples, 0 is greedy (default: generation_config.json)")
+    gen.add_argument("--top-p", type=float)
+    gen.add_argument("--top-k", type=int)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    gen.add_argument("--precompile", action="store_true", help="compile every configured bucket first and report the time")
+    gen.add_argument("--text-buckets", type=_csv_ints, help="override the text buckets, e.g. 128,256,512")
+    gen.add_argument("--patch-buckets", type=_csv_ints, help="override the patch buckets, e.g. 256,1024,4096")
+    gen.add_argument("--stream-chunk", type=int, default=8, help="tokens decoded on device between prints")
+    gen.set_defaults(func=_cmd_generate)
+
+    bench = sub.add_parser("bench", help="inference benchmark (see tools/bench_inference.py --help)",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="run the embedded end-to-end demo (no downloads)")
     demo.add_argument("--workdir", metavar="DIR", help="where to write the demo checkpoints (default: a temp dir)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,24 @@ from qwen2vl_jax.config import ModelConfig
 from qwen2vl_jax.model import abstract_model
 from qwen2vl_jax.native_checkpoint import is_native_checkpoint, load_native, save_native
 from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights, stored_dtype
+
+
+# Everything a checkpoint directory holds besides weights and config.json: carried over by
+# conversion so the result is as usable (generate, processor) as the source.
+SIDECAR_FILES = (
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+    "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json",
+    "video_preprocessor_config.json", "chat_template.json", "chat_template.jinja",
+)
+
+
+def copy_sidecar_files(src: Path, dst: Path) -> list[str]:
+    copied = []
+    for name in SIDECAR_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+            copied.append(name)
+    return copied
 
 
 def _progress(msg: str) -> None:
@@ -44,7 +63,9 @@ def hf_to_orbax(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: st
     # Host numpy buffers all the way: save_native writes them without staging copies.
     params = load_hf_weights(hf_dir, cfg, _abstract_params(cfg), jnp.dtype(dt), progress=progress)
     progress(f"writing Orbax checkpoint to {out_dir}")
-    return save_native(out_dir, cfg, params)
+    out = save_native(out_dir, cfg, params)
+    copy_sidecar_files(hf_dir, out)
+    return out
 
 
 def orbax_to_hf(orbax_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
@@ -62,4 +83,5 @@ def orbax_to_hf(orbax_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype:
     save_hf_weights(out, cfg, params, dtype=dtype, progress=progress)
     with open(out / "config.json", "w") as f:
         json.dump(cfg.replace(param_dtype=dtype or stored).to_hf_dict(), f, indent=2)
+    copy_sidecar_files(orbax_dir, out)
     return out

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,7 @@ class Qwen2VLForConditionalGeneration:
         seed: int = 0,
         streamer: Callable[[np.ndarray], None] | None = None,
         stream_chunk: int = 16,
+        timings: dict[str, float] | None = None,
     ) -> np.ndarray:
         """Prompt + new tokens, int64[B, S + n] (transformers semantics).
 
@@ -215,6 +217,8 @@ class Qwen2VLForConditionalGeneration:
         afterwards; generation ends when every row has stopped or after max_new_tokens (20 if
         unset anywhere). ``streamer(tokens)`` receives each new chunk (int32[B, k]) as it is
         decoded, every ``stream_chunk`` tokens; the decode loop runs on device in between.
+        ``timings`` (a dict) receives ``prefill_s`` (prompt -> first token, including any
+        compilation), ``decode_s`` and ``new_tokens``.
         """
         settings = self._generation_settings(locals())
         batch = self._prepare(input_ids, attention_mask, pixel_values, image_grid_thw,
@@ -230,7 +234,9 @@ class Qwen2VLForConditionalGeneration:
         prefill = self._cached(("prefill", T, settings.do_sample), lambda: make_prefill(self.graphdef, T, settings.do_sample))
         chunk = stream_chunk if streamer else 1 << 24
         decode = self._cached(("decode", chunk, settings.do_sample), lambda: make_decode(self.graphdef, chunk, settings.do_sample))
-        state = prefill(self.params, bucketed, knobs, presence, jax.random.key(settings.seed))
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(prefill(self.params, bucketed, knobs, presence, jax.random.key(settings.seed)))
+        t1 = time.perf_counter()
         emitted = 0
         while True:  # one iteration per chunk (a single one without a streamer)
             step = int(state["step"])
@@ -241,8 +247,51 @@ class Qwen2VLForConditionalGeneration:
                 break
             state = decode(self.params, state, knobs)
         n = int(state["step"])
+        if timings is not None:
+            timings.update(prefill_s=t1 - t0, decode_s=time.perf_counter() - t1, new_tokens=n)
         new = np.asarray(state["tokens"])[:b, :n].astype(np.int64)
         return np.concatenate([np.asarray(batch["input_ids"], np.int64), new], axis=1)
+
+    def precompile(self, *, batch_sizes: tuple[int, ...] = (1,), text_buckets: tuple[int, ...] | None = None,
+                   patch_buckets: tuple[int | None, ...] | None = None, max_new_tokens: int | None = None,
+                   do_sample: bool | None = None, stream_chunk: int | None = None,
+                   progress: Callable[[str], None] | None = None) -> tuple[int, float]:
+        """Compile generate's programs for every bucket combination ahead of time (no execution).
+
+        ``patch_buckets`` may include ``None`` (text-only prompts); combinations whose merged
+        vision tokens cannot fit the text bucket are skipped. Defaults: the config's buckets,
+        with text-only too. Returns (programs compiled, seconds).
+        """
+        b_cfg = self.config.buckets
+        text_buckets = tuple(text_buckets or b_cfg.text_buckets)
+        patch_buckets = tuple(patch_buckets or (None, *b_cfg.patch_buckets))
+        settings = self._generation_settings({"max_new_tokens": max_new_tokens, "do_sample": do_sample})
+        knobs = settings.scalars()
+        merge2 = self.config.vision.spatial_merge_size**2
+        chunk = stream_chunk or 1 << 24
+        count, t0 = 0, time.perf_counter()
+        for B in batch_sizes:
+            for S in text_buckets:
+                T = cache_length(S, settings.max_new_tokens, b_cfg.cache_multiple)
+                prefill = self._cached(("prefill", T, settings.do_sample),
+                                       lambda: make_prefill(self.graphdef, T, settings.do_sample))
+                decode = self._cached(("decode", chunk, settings.do_sample),
+                                      lambda: make_decode(self.graphdef, chunk, settings.do_sample))
+                for P in patch_buckets:
+                    if P is not None and P // merge2 > S:
+                        continue
+                    batch = _dummy_batch(self.config, B, S, P)
+                    presence = np.zeros((B, self.config.text.vocab_size), bool)
+                    rng = jax.random.key(0)
+                    prefill.lower(self.params, batch, knobs, presence, rng).compile()
+                    count += 1
+                    if progress:
+                        progress(f"compiled prefill batch={B} text={S} patches={P or 0}")
+                state = jax.eval_shape(prefill, self.params, _dummy_batch(self.config, B, S, None), knobs,
+                                       np.zeros((B, self.config.text.vocab_size), bool), jax.random.key(0))
+                decode.lower(self.params, state, knobs).compile()
+                count += 1
+        return count, time.perf_counter() - t0
 
     def _generation_settings(self, args: dict[str, Any]) -> GenerationSettings:
         merged = generation_defaults(self.generation_config, self.config)
@@ -281,6 +330,19 @@ class Qwen2VLForConditionalGeneration:
         fn = _vision_fn(self.graphdef)
         return fn(self.params, pix, vision_position_ids(grid, self.config.vision.spatial_merge_size),
                   vision_segment_ids(grid))
+
+
+def _dummy_batch(cfg: ModelConfig, B: int, S: int, P: int | None) -> dict[str, np.ndarray]:
+    """Zero arrays with exactly the shapes and dtypes of a bucketed batch (for AOT compiles)."""
+    batch = {
+        "input_ids": np.zeros((B, S), np.int32), "position_ids": np.zeros((3, B, S), np.int32),
+        "segment_ids": np.zeros((B, S), np.int32), "rope_deltas": np.zeros((B, 1), np.int32),
+    }
+    if P is not None:
+        batch.update(pixel_values=np.zeros((P, cfg.vision.patch_dim), np.float32),
+                     vision_pos=np.zeros((P, 2), np.int32), vision_segment_ids=np.zeros((P,), np.int32),
+                     scatter_index=np.zeros((B, S), np.int32))
+    return batch
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,35 +10,12 @@ import numpy as np
 import PIL.Image
 import pytest
 
-# Special tokens in Qwen2's order (spec §1.3); their ids here are small, which checks that the
-# code looks ids up instead of hard-coding 151643...
-QWEN_SPECIAL_TOKENS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-    "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
-]  # fmt: skip
-
-# The Qwen2 pre-tokenizer split regex, as in the hub tokenizer.json.
-QWEN_SPLIT_PATTERN = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+from qwen2vl_jax.testing.tiny_checkpoint import HUB_PREPROCESSOR_CONFIG
+from qwen2vl_jax.testing.tiny_checkpoint import build_tiny_tokenizer as _build_tiny_tokenizer
 
 # Copied verbatim from transformers tests/models/qwen2_vl/test_processor_qwen2_vl.py
 # (prepare_processor_dict): the independent oracle for our Python chat template.
 HF_QWEN2VL_CHAT_TEMPLATE = "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"  # fmt: skip
-
-HUB_PREPROCESSOR_CONFIG = {
-    "min_pixels": 3136,
-    "max_pixels": 12845056,
-    "patch_size": 14,
-    "temporal_patch_size": 2,
-    "merge_size": 2,
-    "image_mean": [0.48145466, 0.4578275, 0.40821073],
-    "image_std": [0.26862954, 0.26130258, 0.27577711],
-    "image_processor_type": "Qwen2VLImageProcessor",
-    "processor_class": "Qwen2VLProcessor",
-}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,56 +23,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def build_tiny_tokenizer(directory: str) -> None:
-    """A byte-level BPE tokenizer shaped like Qwen2's (NFC, split regex, ByteLevel, no BOS),
-    trained on a few sentences, plus the Qwen special tokens and a tokenizer_config.json."""
-    from tokenizers import (
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_SPLIT_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    corpus = [
-        "You are a helpful assistant.",
-        "Describe this image. What is shown in the video?",
-        "system user assistant Picture Video",
-        "The dog in the picture appears to be a Labrador.",
-    ]
-    tok.train_from_iterator(corpus * 5, trainer)
-    tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
-    os.makedirs(directory, exist_ok=True)
-    tok.save(os.path.join(directory, "tokenizer.json"))
-    config = {
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "padding_side": "left",
-        "model_max_length": 32768,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "clean_up_tokenization_spaces": False,
-        "errors": "replace",
-        "split_special_tokens": False,
-        "chat_template": HF_QWEN2VL_CHAT_TEMPLATE,
-    }
-    with open(os.path.join(directory, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f)
+    """The shared tiny tokenizer, with transformers' own copy of the chat template."""
+    _build_tiny_tokenizer(directory, chat_template=HF_QWEN2VL_CHAT_TEMPLATE)
 
 
 @pytest.fixture(scope="session")
