@@ -141,9 +141,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from qwen2vl_jax.bench import main as bench_main
+    from qwen2vl_jax.bench import run
 
-    return bench_main(args.bench_args)
+    return run(args)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -192,9 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stream-chunk", type=int, default=8, help="tokens decoded on device between prints")
     gen.set_defaults(func=_cmd_generate)
 
-    bench = sub.add_parser("bench", help="inference benchmark (see tools/bench_inference.py --help)",
-                           add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    from qwen2vl_jax.bench import build_parser as bench_parser  # no torch import at this point
+
+    bench = sub.add_parser("bench", help="inference benchmark vs transformers (CPU) or alone at 2B size (--gpu)")
+    bench_parser(bench)
     bench.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="run the embedded end-to-end demo (no downloads)")

@@ -151,7 +151,7 @@ class ModelConfig:
     # Runtime (not part of the checkpoint).
     dtype: str = "float32"
     param_dtype: str = "float32"
-    vision_attention_impl: str = "xla"
+    vision_attention_impl: str = "xla_blocked"  # ViT segment ids are sorted: see ops/attention.py
     text_attention_impl: str = "xla"
     remat: str = "none"  # "none" | "full" | "dots": rematerialisation policy for scanned layers
     buckets: BucketConfig = dataclasses.field(default_factory=BucketConfig)
