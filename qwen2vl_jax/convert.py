@@ -23,7 +23,6 @@ from qwen2vl_jax.model import abstract_model
 from qwen2vl_jax.native_checkpoint import is_native_checkpoint, load_native, save_native
 from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights, stored_dtype
 
-
 # Everything a checkpoint directory holds besides weights and config.json: carried over by
 # conversion so the result is as usable (generate, processor) as the source.
 SIDECAR_FILES = (

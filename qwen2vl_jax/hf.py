@@ -30,7 +30,11 @@ from flax import nnx
 
 from qwen2vl_jax.config import ModelConfig
 from qwen2vl_jax.generate import (
-    GenerationSettings, cache_length, generation_defaults, make_decode, make_prefill,
+    GenerationSettings,
+    cache_length,
+    generation_defaults,
+    make_decode,
+    make_prefill,
 )
 from qwen2vl_jax.layout import bucket_model_inputs, prepare_model_inputs
 from qwen2vl_jax.model import Qwen2VL, abstract_model
@@ -231,7 +235,7 @@ class Qwen2VLForConditionalGeneration:
         presence[np.arange(b)[:, None], batch["input_ids"]] = True
         T = cache_length(S, settings.max_new_tokens, self.config.buckets.cache_multiple)
         knobs = settings.scalars()
-        prefill = self._cached(("prefill", T, settings.do_sample), lambda: make_prefill(self.graphdef, T, settings.do_sample))
+        prefill = self._cached(("prefill", T, settings.do_sample), lambda T=T: make_prefill(self.graphdef, T, settings.do_sample))
         chunk = stream_chunk if streamer else 1 << 24
         decode = self._cached(("decode", chunk, settings.do_sample), lambda: make_decode(self.graphdef, chunk, settings.do_sample))
         t0 = time.perf_counter()
@@ -274,7 +278,7 @@ class Qwen2VLForConditionalGeneration:
             for S in text_buckets:
                 T = cache_length(S, settings.max_new_tokens, b_cfg.cache_multiple)
                 prefill = self._cached(("prefill", T, settings.do_sample),
-                                       lambda: make_prefill(self.graphdef, T, settings.do_sample))
+                                       lambda T=T: make_prefill(self.graphdef, T, settings.do_sample))
                 decode = self._cached(("decode", chunk, settings.do_sample),
                                       lambda: make_decode(self.graphdef, chunk, settings.do_sample))
                 for P in patch_buckets:

@@ -65,3 +65,11 @@ def test_generate_reports_a_bad_image(converted, tmp_path):
     bad.write_bytes(b"not an image")
     assert main(["generate", "--model", str(converted / "orbax"), "--image", str(bad),
                  "--prompt", "hi", "--max-new-tokens", "2"]) == 2
+
+
+def test_demo_runs(tmp_path, capsys):
+    assert main(["demo", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "logits identical across the three formats: True" in out
+    assert "same seed, same answer: True" in out
+    assert "2b: 2,208,985,600" in out

@@ -19,10 +19,10 @@ The Pallas kernels plug in here too (kernels issue).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
-
-import functools
 
 IMPLEMENTATIONS = ("xla", "xla_blocked")
 BLOCK = 128

@@ -46,7 +46,16 @@ CORPUS = [
 def build_tiny_tokenizer(directory: str | os.PathLike, chat_template: str | None = None) -> None:
     """A byte-level BPE tokenizer shaped like Qwen2's (NFC, split regex, ByteLevel, no BOS),
     trained on a few sentences, plus the Qwen special tokens and a tokenizer_config.json."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     from qwen2vl_jax.processing.chat_template import QWEN2VL_CHAT_TEMPLATE
 
