@@ -59,13 +59,16 @@ def _place(path: tuple[str, ...], host: np.ndarray) -> jax.Array:
 
 @dataclasses.dataclass
 class Qwen2VLOutput:
-    """Like transformers' ``Qwen2VLCausalLMOutputWithPast`` (numpy-convertible jax arrays)."""
+    """Like transformers' ``Qwen2VLCausalLMOutputWithPast``, as host numpy arrays in the caller's
+    shapes (bucket padding removed): ``logits`` float32[B, S, V], ``position_ids`` [3, B, S],
+    ``rope_deltas`` [B, 1]; with ``output_hidden_states`` the decoder input and every layer's
+    output [B, S, D] (the last one after the final norm) and ``inputs_embeds``."""
 
-    logits: jax.Array
+    logits: np.ndarray
     rope_deltas: np.ndarray
     position_ids: np.ndarray
-    hidden_states: tuple[jax.Array, ...] | None = None
-    inputs_embeds: jax.Array | None = None
+    hidden_states: tuple[np.ndarray, ...] | None = None
+    inputs_embeds: np.ndarray | None = None
 
 
 class Qwen2VLForConditionalGeneration:
