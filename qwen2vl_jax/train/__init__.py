@@ -1,0 +1,1 @@
+"""Training: loss, freezing by component, optimizer, the pure jitted train step."""
