@@ -40,7 +40,7 @@ class GenerationSettings:
     min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
-    top_k: int = 0  # 0 disables
+    top_k: int = 50  # transformers' default; 0 disables
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     eos_token_id: tuple[int, ...] = ()
@@ -83,15 +83,16 @@ def process_logits(logits: jax.Array, presence: jax.Array, step: jax.Array, knob
     sorted_desc = -jnp.sort(-logits, axis=-1)
     kth = jax.lax.dynamic_index_in_dim(sorted_desc, jnp.clip(k - 1, 0, logits.shape[-1] - 1), axis=1)
     logits = jnp.where((k > 0) & (logits < kth), -jnp.inf, logits)
-    # top-p as transformers: drop the low tail whose cumulative probability is <= 1 - top_p,
-    # always keeping the most likely token.
-    sorted_asc = jnp.sort(logits, axis=-1)
+    # top-p as transformers: in ascending order, drop the low tail whose cumulative probability
+    # is <= 1 - top_p, always keeping the most likely entry; decided per sorted position and
+    # scattered back, so tied logits are dropped one by one (never all of them).
+    order = jnp.argsort(logits, axis=-1)
+    sorted_asc = jnp.take_along_axis(logits, order, axis=-1)
     cum = jnp.cumsum(jax.nn.softmax(sorted_asc, axis=-1), axis=-1)
-    drop_sorted = cum <= 1.0 - knobs["top_p"]
-    drop_sorted = drop_sorted.at[:, -1].set(False)
-    cutoff = jnp.max(jnp.where(drop_sorted, sorted_asc, -jnp.inf), axis=-1, keepdims=True)
-    n_dropped = drop_sorted.sum(-1, keepdims=True)
-    return jnp.where((n_dropped > 0) & (logits <= cutoff), -jnp.inf, logits)
+    drop_sorted = (cum <= 1.0 - knobs["top_p"]).at[:, -1].set(False)
+    rows = jnp.arange(logits.shape[0])[:, None]
+    drop = jnp.zeros_like(drop_sorted).at[rows, order].set(drop_sorted)
+    return jnp.where(drop, -jnp.inf, logits)
 
 
 def pick_token(logits: jax.Array, rng: jax.Array, do_sample: bool) -> jax.Array:
@@ -145,7 +146,9 @@ def _first_state(model: Qwen2VL, batch: dict, cache_len: int, knobs: dict, prese
     state = {
         "cache_k": cache_k, "cache_v": cache_v, "kv_valid": kv_valid,
         "tokens": jnp.full((b, num_new), knobs["pad_token_id"], jnp.int32),
-        "finished": jnp.zeros((b,), bool), "presence": presence, "step": jnp.int32(0),
+        # Batch-bucket padding rows (no real token) count as finished from the start, so the
+        # loop ends when the caller's rows are done.
+        "finished": (seg > 0).sum(-1) == 0, "presence": presence, "step": jnp.int32(0),
         "rng": rng, "rope_deltas": batch["rope_deltas"][:, 0].astype(jnp.int32),
         "prompt_len": jnp.int32(s), "last_logits": logits,
     }

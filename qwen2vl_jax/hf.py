@@ -230,6 +230,11 @@ class Qwen2VLForConditionalGeneration:
         settings = self._generation_settings(locals())
         batch = self._prepare(input_ids, attention_mask, pixel_values, image_grid_thw,
                               pixel_values_videos, video_grid_thw)
+        seg = batch["segment_ids"]
+        right_padded = [i for i in range(seg.shape[0]) if (np.diff(seg[i]) < 0).any()]
+        if right_padded:
+            raise ValueError(f"attention_mask rows {right_padded} are right-padded; generation needs "
+                             "left padding (the processor's default, padding_side='left')")
         b, s = batch["input_ids"].shape
         bucketed = bucket_model_inputs(self.config, batch)
         B, S = bucketed["input_ids"].shape
@@ -267,7 +272,8 @@ class Qwen2VLForConditionalGeneration:
 
         ``patch_buckets`` may include ``None`` (text-only prompts); combinations whose merged
         vision tokens cannot fit the text bucket are skipped. Defaults: the config's buckets,
-        with text-only too. Returns (programs compiled, seconds).
+        with text-only too. The decode loop is compiled for non-streaming calls and, if
+        ``stream_chunk`` is given, for streaming with that chunk. Returns (programs, seconds).
         """
         b_cfg = self.config.buckets
         text_buckets = tuple(text_buckets or b_cfg.text_buckets)
@@ -275,15 +281,13 @@ class Qwen2VLForConditionalGeneration:
         settings = self._generation_settings({"max_new_tokens": max_new_tokens, "do_sample": do_sample})
         knobs = settings.scalars()
         merge2 = self.config.vision.spatial_merge_size**2
-        chunk = stream_chunk or 1 << 24
+        chunks = (1 << 24,) + ((stream_chunk,) if stream_chunk else ())
         count, t0 = 0, time.perf_counter()
         for B in batch_sizes:
             for S in text_buckets:
                 T = cache_length(S, settings.max_new_tokens, b_cfg.cache_multiple)
                 prefill = self._cached(("prefill", T, settings.do_sample),
                                        lambda T=T: make_prefill(self.graphdef, T, settings.do_sample))
-                decode = self._cached(("decode", chunk, settings.do_sample),
-                                      lambda: make_decode(self.graphdef, chunk, settings.do_sample))
                 for P in patch_buckets:
                     if P is not None and P // merge2 > S:
                         continue
@@ -296,8 +300,11 @@ class Qwen2VLForConditionalGeneration:
                         progress(f"compiled prefill batch={B} text={S} patches={P or 0}")
                 state = jax.eval_shape(prefill, self.params, _dummy_batch(self.config, B, S, None), knobs,
                                        np.zeros((B, self.config.text.vocab_size), bool), jax.random.key(0))
-                decode.lower(self.params, state, knobs).compile()
-                count += 1
+                for chunk in chunks:
+                    decode = self._cached(("decode", chunk, settings.do_sample),
+                                          lambda chunk=chunk: make_decode(self.graphdef, chunk, settings.do_sample))
+                    decode.lower(self.params, state, knobs).compile()
+                    count += 1
         return count, time.perf_counter() - t0
 
     def _generation_settings(self, args: dict[str, Any]) -> GenerationSettings:

@@ -249,7 +249,8 @@ def _write_safetensors(path: Path, entries: list[tuple[str, tuple, np.dtype]],
         f.write(blob)
         for (name, shape, dt), (got_name, tensor) in zip(entries, tensors):
             assert name == got_name and tuple(tensor.shape) == tuple(shape), (name, got_name)
-            f.write(np.ascontiguousarray(tensor, dtype=dt).tobytes())
+            # A uint8 view writes the bytes without copying (tobytes would double the largest tensor).
+            f.write(np.ascontiguousarray(tensor, dtype=dt).reshape(-1).view(np.uint8))
 
 
 def save_hf_weights(directory: str | os.PathLike, cfg: ModelConfig, params: dict,
@@ -280,6 +281,8 @@ def save_hf_weights(directory: str | os.PathLike, cfg: ModelConfig, params: dict
         total = sum(int(np.prod(e[1], dtype=np.int64)) * e[2].itemsize for e in layout)
         with open(d / SAFE_INDEX, "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        if (d / SAFE_SINGLE).exists():  # a stale single-file checkpoint would shadow the shards
+            (d / SAFE_SINGLE).unlink()
     elif (d / SAFE_INDEX).exists():
         (d / SAFE_INDEX).unlink()
     return [d / name for name in names]

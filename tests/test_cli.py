@@ -52,7 +52,7 @@ def test_generate_end_to_end_on_a_converted_checkpoint(converted):
            "--max-new-tokens", "12", "--dtype", "float32", "--text-buckets", "128",
            "--patch-buckets", "256", "--precompile", "--stream-chunk", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    assert "precompiled 3 programs" in proc.stderr
+    assert "precompiled 4 programs" in proc.stderr  # prefill text-only + with image; decode x2
     assert "prefill" in proc.stderr and "tokens/s" in proc.stderr
     assert proc.stdout.endswith("\n")
     # Greedy and deterministic: the same command prints the same answer.

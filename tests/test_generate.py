@@ -90,7 +90,7 @@ def test_defaults_come_from_generation_config(tmp_path):
     assert json.loads((tmp_path / "generation_config.json").read_text())["pad_token_id"] == 5
     assert Qwen2VLForConditionalGeneration.from_pretrained(tmp_path).generation_config["eos_token_id"] == [3, 4]
     plain = Qwen2VLForConditionalGeneration(CFG, seed=0)._generation_settings({})
-    assert (plain.eos_token_id, plain.pad_token_id, plain.max_new_tokens) == ((1,), 2, 20)
+    assert (plain.eos_token_id, plain.pad_token_id, plain.max_new_tokens, plain.top_k) == ((1,), 2, 20, 50)
 
 
 def test_bad_generation_arguments(model):
@@ -100,3 +100,31 @@ def test_bad_generation_arguments(model):
         model.generate(PROMPT, MASK, top_p=0.0)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         model.generate(PROMPT, MASK, do_sample=True, temperature=0.0)
+
+
+def test_top_p_with_tied_top_logits_keeps_one_token():
+    # transformers decides per sorted position: tied maxima are never all dropped.
+    import jax.numpy as jnp
+
+    knobs = dict(repetition_penalty=jnp.float32(1.0), eos_ids=jnp.asarray([-1], jnp.int32),
+                 min_new_tokens=jnp.int32(0), temperature=jnp.float32(0.1), top_k=jnp.int32(1),
+                 top_p=jnp.float32(0.001))
+    logits = jnp.asarray([[3.0, 3.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    out = np.asarray(process_logits(logits, jnp.zeros((2, 4), bool), jnp.int32(0), knobs, do_sample=True))
+    assert np.isfinite(out).sum(-1).tolist() == [1, 1]
+    knobs.update(top_k=jnp.int32(0), top_p=jnp.float32(0.5), temperature=jnp.float32(1.0))
+    out = np.asarray(process_logits(logits, jnp.zeros((2, 4), bool), jnp.int32(0), knobs, do_sample=True))
+    assert np.isfinite(out[1]).sum() == 2  # uniform over 4: keep the top half
+
+
+def test_batch_padding_rows_do_not_keep_generation_running(model):
+    prompt = np.array([[9, 10, 11], [12, 13, 14], [15, 16, 17]])  # 3 rows -> batch bucket 4
+    free = model.generate(prompt, max_new_tokens=6, eos_token_id=[])
+    eos = sorted({int(t) for t in free[:, 3]})  # every real row stops at its first new token
+    out = model.generate(prompt, max_new_tokens=6, eos_token_id=eos)
+    assert out.shape == (3, 4)
+
+
+def test_right_padded_prompts_are_rejected(model):
+    with pytest.raises(ValueError, match=r"rows \[0\] are right-padded"):
+        model.generate(np.array([[9, 10, 0]]), np.array([[1, 1, 0]]), max_new_tokens=2)
