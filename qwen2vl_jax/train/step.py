@@ -1,7 +1,7 @@
 """The pure jitted train step: (params, opt_state, batch) -> (params, opt_state, metrics).
 
-``batch`` holds the model inputs of ``layout`` plus ``labels`` [B, S], every leaf with a leading
-microbatch axis [A, ...] (gradient accumulation: A >= 1). Gradients are token-weighted, so A
+``batch`` holds the model inputs of ``layout`` / ``packing`` plus ``labels`` [B, S] (other keys
+are ignored), every leaf with a leading microbatch axis [A, ...] (gradient accumulation: A >= 1). Gradients are token-weighted, so A
 microbatches equal one batch of A times the rows. Frozen components are wrapped in
 stop_gradient (XLA drops their weight gradients) and the optimizer gives them zero updates.
 Compute runs in the model config's ``dtype`` over ``param_dtype`` master weights.
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from qwen2vl_jax.layout import MODEL_INPUT_KEYS
 from qwen2vl_jax.train.freezing import FreezeConfig, trainable_labels
 from qwen2vl_jax.train.loss import next_token_loss_sum
 
@@ -29,7 +30,7 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     def loss_sum(params, batch):
         params = jax.tree.map(lambda p, lab: p if lab == "train" else jax.lax.stop_gradient(p), params, labels)
         model = nnx.merge(graphdef, params)
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "rope_deltas")}
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
         logits = model(inputs)["logits"]
         return next_token_loss_sum(logits, batch["labels"], z_loss_weight)
 

@@ -110,3 +110,18 @@ def test_everything_frozen_is_an_error():
     params = nnx.to_pure_dict(nnx.state(Qwen2VL(CFG, rngs=nnx.Rngs(0)), nnx.Param))
     with pytest.raises(ValueError, match="nothing to train"):
         make_optimizer(OPT, params, FreezeConfig(True, True, True))
+
+
+def test_train_step_runs_on_a_packed_batch():
+    from qwen2vl_jax.packing import Sample, first_fit, pack
+
+    ids, labels, pix = _rows(5)
+    samples = [Sample(ids[i], labels[i], pix[24 * i:24 * (i + 1)], np.array([[1, 4, 6]])) for i in range(2)]
+    batch = pack(CFG, samples, first_fit(samples, 1, 32, 256), 32, 256)
+    params, opt_state, step = _setup(FreezeConfig())
+    losses = []
+    for _ in range(3):
+        params, opt_state, metrics = step(params, opt_state, jax.tree.map(lambda x: np.asarray(x)[None], batch))
+        losses.append(float(metrics["loss"]))
+    assert int(metrics["tokens"]) == int((np.asarray(batch["labels"])[:, 1:] != -100).sum())
+    assert losses[-1] < losses[0]
