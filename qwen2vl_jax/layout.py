@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-
 # The arrays the jitted model consumes (everything else in a batch dict is bookkeeping).
 MODEL_INPUT_KEYS = ("input_ids", "position_ids", "segment_ids", "pixel_values", "vision_pos",
                     "vision_segment_ids", "scatter_index")

@@ -35,7 +35,7 @@ class Sample:
 
     @property
     def num_tokens(self) -> int:
-        return int(len(self.input_ids))
+        return len(self.input_ids)
 
     @property
     def num_patches(self) -> int:

@@ -65,7 +65,7 @@ def test_packed_logits_and_loss_equal_each_sample_alone():
             loss, _ = next_token_loss_sum(alone[None], s.labels[None])
             total_alone += float(loss)
             col += s.num_tokens
-    loss, aux = next_token_loss_sum(packed, batch["labels"])
+    loss, _ = next_token_loss_sum(packed, batch["labels"])
     assert float(loss) == pytest.approx(total_alone, rel=1e-5)
 
 
