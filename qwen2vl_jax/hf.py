@@ -36,7 +36,7 @@ from qwen2vl_jax.generate import (
     make_decode,
     make_prefill,
 )
-from qwen2vl_jax.layout import bucket_model_inputs, prepare_model_inputs
+from qwen2vl_jax.layout import MODEL_INPUT_KEYS, bucket_model_inputs, prepare_model_inputs
 from qwen2vl_jax.model import Qwen2VL, abstract_model
 from qwen2vl_jax.native_checkpoint import is_native_checkpoint, load_native, save_native
 from qwen2vl_jax.safetensors_io import load_hf_weights, save_hf_weights
@@ -166,7 +166,7 @@ class Qwen2VLForConditionalGeneration:
                               pixel_values_videos, video_grid_thw)
         b, s = batch["input_ids"].shape
         bucketed = bucket_model_inputs(self.config, batch)
-        device_batch = {k: v for k, v in bucketed.items() if k != "rope_deltas"}
+        device_batch = {k: v for k, v in bucketed.items() if k in MODEL_INPUT_KEYS}
         out = self._forward_fn(output_hidden_states)(self.params, device_batch)
         S = bucketed["input_ids"].shape[1]
 
