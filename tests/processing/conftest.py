@@ -84,3 +84,23 @@ def make_pixels():
 def hf_chat_template() -> str:
     """The Jinja template from transformers' Qwen2-VL processor tests."""
     return HF_QWEN2VL_CHAT_TEMPLATE
+
+
+def _write_video(path, frames: np.ndarray, fps: int = 30) -> None:
+    """Encode uint8 [T, H, W, 3] frames with PyAV (mpeg4, no external encoders needed)."""
+    av = pytest.importorskip("av")
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture
+def write_video():
+    """write_video(path, frames, fps=30): encode a small video file for the tests."""
+    return _write_video

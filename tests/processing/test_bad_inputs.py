@@ -155,22 +155,9 @@ def test_bad_frame_lists(make_pixels):
         proc(videos=[[]])
 
 
-def _write(path, frames, fps=10):
-    av = pytest.importorskip("av")
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def test_video_file_with_one_frame(tmp_path, make_pixels):
+def test_video_file_with_one_frame(tmp_path, make_pixels, write_video):
     path = tmp_path / "single.mp4"
-    _write(path, make_pixels(48, 64, 0)[None])
+    write_video(path, make_pixels(48, 64, 0)[None], fps=10)
     with pytest.raises(ValueError, match=r"video 0 .*single\.mp4.*1 frame"):
         Qwen2VLVideoProcessor()(videos=str(path))
 
@@ -191,9 +178,9 @@ def test_video_file_not_decodable(tmp_path, content, reason):
         Qwen2VLVideoProcessor()(videos=[str(path)])
 
 
-def test_truncated_video_file(tmp_path, make_pixels):
+def test_truncated_video_file(tmp_path, make_pixels, write_video):
     path = tmp_path / "cut.mp4"
-    _write(path, np.stack([make_pixels(48, 64, i) for i in range(20)]))
+    write_video(path, np.stack([make_pixels(48, 64, i) for i in range(20)]), fps=10)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
     # An mp4 cut early loses its index (moov atom is written last): nothing decodes.

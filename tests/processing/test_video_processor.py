@@ -121,22 +121,8 @@ def test_frame_indices_match_torch_linspace_round():
             np.testing.assert_array_equal(sample_frame_indices(total, count), ref)
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 30) -> None:
-    """Encode uint8 [T, H, W, 3] frames with PyAV (mpeg4, no external encoders needed)."""
-    av = pytest.importorskip("av")
-    with av.open(path, "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 @pytest.mark.parity
-def test_video_file_matches_independent_pipeline(tmp_path, make_pixels):
+def test_video_file_matches_independent_pipeline(tmp_path, make_pixels, write_video):
     av = pytest.importorskip("av")
     torch = pytest.importorskip("torch")
     video = np.stack([make_pixels(48, 64, i) for i in range(45)])
