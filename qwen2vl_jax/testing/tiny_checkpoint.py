@@ -43,9 +43,11 @@ CORPUS = [
 ]
 
 
-def build_tiny_tokenizer(directory: str | os.PathLike, chat_template: str | None = None) -> None:
+def build_tiny_tokenizer(directory: str | os.PathLike, chat_template: str | None = None,
+                         corpus: list[str] | None = None, vocab_size: int = 400) -> None:
     """A byte-level BPE tokenizer shaped like Qwen2's (NFC, split regex, ByteLevel, no BOS),
-    trained on a few sentences, plus the Qwen special tokens and a tokenizer_config.json."""
+    trained on a few sentences (``corpus`` adds more, e.g. a task's answers so that each becomes
+    one token), plus the Qwen special tokens and a tokenizer_config.json."""
     from tokenizers import (
         Regex,
         Tokenizer,
@@ -70,9 +72,9 @@ def build_tiny_tokenizer(directory: str | os.PathLike, chat_template: str | None
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    tok.train_from_iterator(CORPUS * 5, trainer)
+    tok.train_from_iterator((CORPUS + list(corpus or [])) * 5, trainer)
     tok.add_special_tokens(QWEN_SPECIAL_TOKENS)
     os.makedirs(directory, exist_ok=True)
     tok.save(os.path.join(directory, "tokenizer.json"))

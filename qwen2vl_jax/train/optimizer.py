@@ -16,7 +16,7 @@ from qwen2vl_jax.train.freezing import FreezeConfig, trainable_labels
 class OptimizerConfig:
     learning_rate: float = 1e-5
     warmup_steps: int = 100
-    total_steps: int = 10_000
+    total_steps: int = 0  # 0: the run's steps (decay over the whole run)
     end_learning_rate_ratio: float = 0.1
     weight_decay: float = 0.0
     b1: float = 0.9

@@ -1,7 +1,9 @@
 """The pure jitted train step: (params, opt_state, batch) -> (params, opt_state, metrics).
 
 ``batch`` holds the model inputs of ``layout`` / ``packing`` plus ``labels`` [B, S] (other keys
-are ignored), every leaf with a leading microbatch axis [A, ...] (gradient accumulation: A >= 1). Gradients are token-weighted, so A
+are ignored), every leaf with a leading microbatch axis [A, ...] (gradient accumulation: A >= 1),
+optionally followed by a packing-group axis [A, G, ...] (one packed group per data-parallel
+device: see data_pipelines/pipeline.py). Gradients are token-weighted, so A
 microbatches equal one batch of A times the rows. Frozen components are wrapped in
 stop_gradient (XLA drops their weight gradients) and the optimizer gives them zero updates.
 Compute runs in the model config's ``dtype`` over ``param_dtype`` master weights.
@@ -31,8 +33,16 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         params = jax.tree.map(lambda p, lab: p if lab == "train" else jax.lax.stop_gradient(p), params, labels)
         model = nnx.merge(graphdef, params)
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
-        logits = model(inputs)["logits"]
-        return next_token_loss_sum(logits, batch["labels"], z_loss_weight)
+
+        def one_group(inputs, labels):
+            return next_token_loss_sum(model(inputs)["logits"], labels, z_loss_weight)
+
+        if batch["input_ids"].ndim == 2:
+            return one_group(inputs, batch["labels"])
+        # Packing groups [G, ...]: each has its own vision stream (one per data-parallel device,
+        # so the scatter never crosses devices); sharding G over the mesh splits the work.
+        total, aux = jax.vmap(one_group)(inputs, batch["labels"])
+        return total.sum(), jax.tree.map(jnp.sum, aux)
 
     grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
 

@@ -1,4 +1,4 @@
-"""The synthetic reading source: deterministic per index, valid records, readable images."""
+"""The synthetic visual QA source: deterministic per index, valid records, answers on the picture."""
 
 import io
 
@@ -7,22 +7,55 @@ import pytest
 from PIL import Image
 
 from data_pipelines.formats import validate
-from data_pipelines.synthetic import WORDS, SyntheticReadingSource
+from data_pipelines.synthetic import (
+    COLOURS,
+    DIGITS,
+    HEIGHTS,
+    QUESTIONS,
+    SHAPES,
+    WIDTHS,
+    WORDS,
+    SyntheticVisualQA,
+    blind_baseline,
+)
 
 
 def test_records_are_deterministic_valid_and_varied():
-    src = SyntheticReadingSource(num_records=50, seed=3)
-    assert len(src) == 50
-    a, b = src[7], SyntheticReadingSource(num_records=50, seed=3)[7]
-    assert a == b  # a pure function of (seed, index)
-    assert src[7] != SyntheticReadingSource(num_records=50, seed=4)[7]
-    answers = {src[i]["messages"][1]["content"] for i in range(50)}
-    assert answers <= set(WORDS) and len(answers) > 5
-    assert validate(src[0]) == []
-    img = np.asarray(Image.open(io.BytesIO(src[0]["images"][0])))
-    assert img.shape == (56, 112, 3) and img.min() < 90  # ink is on the picture
+    src = SyntheticVisualQA(num_records=200, seed=3)
+    assert len(src) == 200
+    assert src[7] == SyntheticVisualQA(num_records=200, seed=3)[7]  # a pure function of (seed, index)
+    assert src[7] != SyntheticVisualQA(num_records=200, seed=4)[7]
+    sizes, answers = set(), {q: set() for q in QUESTIONS.values()}
+    for i in range(200):
+        r = src[i]
+        assert validate(r) == []
+        img = np.asarray(Image.open(io.BytesIO(r["images"][0])))
+        sizes.add(img.shape[:2])
+        assert img.shape[1] in WIDTHS and img.shape[0] in HEIGHTS and img.min() < 90  # ink is drawn
+        answers[r["messages"][0]["content"][1]["text"]].add(r["messages"][1]["content"])
+    assert len(sizes) >= 10  # varied sizes and aspect ratios
+    assert answers[QUESTIONS["word"]] <= set(WORDS) and len(answers[QUESTIONS["word"]]) > 6
+    assert answers[QUESTIONS["number"]] <= set(DIGITS) and len(answers[QUESTIONS["number"]]) > 6
+    assert answers[QUESTIONS["colour"]] <= set(COLOURS) and len(answers[QUESTIONS["colour"]]) >= 5
+    assert answers[QUESTIONS["shape"]] == set(SHAPES)
 
 
-def test_out_of_range():
+def test_the_shape_has_the_colour_the_answer_names():
+    src = SyntheticVisualQA(num_records=40, seed=1, tasks=("colour",))
+    for i in range(40):
+        r = src[i]
+        img = np.asarray(Image.open(io.BytesIO(r["images"][0]))).reshape(-1, 3).astype(int)
+        want = np.array(COLOURS[r["messages"][1]["content"]])
+        assert (np.abs(img - want).sum(1) == 0).sum() > 50
+
+
+def test_blind_baseline_is_low():
+    base = blind_baseline(SyntheticVisualQA(seed=0), SyntheticVisualQA(num_records=400, seed=9), num_train=1000)
+    assert 0.05 < base < 0.3
+
+
+def test_bad_arguments():
     with pytest.raises(IndexError, match="record 5 out of range"):
-        SyntheticReadingSource(num_records=5)[5]
+        SyntheticVisualQA(num_records=5)[5]
+    with pytest.raises(ValueError, match="tasks"):
+        SyntheticVisualQA(tasks=("smell",))

@@ -1,0 +1,165 @@
+"""``qwen2vl-jax eval``: loss and exact-match accuracy of generated answers on a dataset.
+
+* loss: next-token cross-entropy on the labelled (assistant) tokens, with the training
+  preprocessing and packing, averaged per token;
+* exact match: for each record, the conversation up to its last assistant message is the prompt
+  (chat template + generation prompt), the answer is generated greedily through the inference
+  path (``Qwen2VLForConditionalGeneration.generate``) and compared, stripped, with the record's
+  last assistant message.
+
+The model is a run's latest (or chosen) training checkpoint, or an exported / converted model
+directory (``--model``). Bad records are skipped and counted, as in training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from qwen2vl_jax.model import abstract_model
+from qwen2vl_jax.train.loss import next_token_loss_sum
+
+
+@dataclasses.dataclass
+class EvalResult:
+    loss: float
+    exact_match: float
+    num_examples: int  # answered (generation)
+    loss_tokens: int
+    skipped: dict[str, int]
+    examples: list[dict[str, Any]]  # question, answer, reference, correct, image size
+
+    def summary(self) -> str:
+        return (f"eval: loss {self.loss:.4f} over {self.loss_tokens} tokens; exact match "
+                f"{100 * self.exact_match:.1f}% of {self.num_examples} examples"
+                + (f"; skipped {sum(self.skipped.values())} bad record(s)" if self.skipped else ""))
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(item.get("text", "") for item in content if item.get("type") == "text")
+
+
+def load_trained(run: Any, step: int | None = None) -> tuple[Any, Any, dict]:
+    """(processor, model config, params) of a run's checkpoint (default: the latest)."""
+    from qwen2vl_jax.processing import Qwen2VLProcessor
+    from qwen2vl_jax.train.checkpointing import TrainCheckpointer
+    from qwen2vl_jax.train.loop import optimizer_config
+    from qwen2vl_jax.train.optimizer import make_optimizer
+    from qwen2vl_jax.train.setup import build_model_config, processor_dir
+
+    if not (processor_dir(run) / "tokenizer.json").exists():
+        raise FileNotFoundError(f"{run.run_dir}: no trained run here (no processor/); train it first "
+                                "or pass --model DIR")
+    processor = Qwen2VLProcessor.from_pretrained(processor_dir(run))
+    cfg = build_model_config(run, processor)
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+    params_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, cfg.param_dtype), abstract)
+    opt_like = jax.eval_shape(make_optimizer(optimizer_config(run), params_like, run.freeze).init, params_like)
+    with TrainCheckpointer(run.run_dir / "checkpoints", async_save=False) as ckpt:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"{run.run_dir / 'checkpoints'}: no checkpoint to evaluate")
+        _, params, _, _, _ = ckpt.restore(params_like, opt_like, step)
+    return processor, cfg, params
+
+
+def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_examples: int, batch_size: int,
+             max_new_tokens: int, text_budget: int, patches_per_row: int, show: int = 0) -> EvalResult:
+    from collections import Counter
+
+    from data_pipelines.pipeline import _reason_key
+    from data_pipelines.preprocess import RecordPreprocessor, _open_image
+    from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
+    from qwen2vl_jax.packing import first_fit, pack
+
+    n = min(num_examples, len(records))
+    patch_budget = batch_size * patches_per_row
+    pre = RecordPreprocessor(processor, max_tokens=text_budget, max_patches=patch_budget)
+    skipped: Counter[str] = Counter()
+    samples, good = [], []
+    for i in range(n):
+        out = pre(records[i])
+        if "error" in out:
+            skipped[_reason_key(out["error"])] += 1
+            continue
+        samples.append(out["sample"])
+        good.append(i)
+
+    tok = processor.tokenizer
+    eos = [i for i in (tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")) if i is not None]
+    model = Qwen2VLForConditionalGeneration(
+        cfg.replace(dtype=cfg.param_dtype), jax.tree.map(np.asarray, params),
+        generation_config={"eos_token_id": eos, "pad_token_id": tok.token_to_id("<|endoftext|>"), "do_sample": False})
+
+    # Loss: pack the samples into fixed-shape batches (one compile), sum over labelled tokens.
+    @jax.jit
+    def loss_of(params, batch):
+        m = nnx.merge(model.graphdef, params)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        total, aux = next_token_loss_sum(m(inputs)["logits"], batch["labels"])
+        return total, aux["tokens"]
+
+    total, tokens, pending = 0.0, 0, list(range(len(samples)))
+    while pending:
+        group = [samples[k] for k in pending]
+        plan = first_fit(group, batch_size, text_budget, patch_budget)
+        batch = pack(cfg, group, plan, text_budget, patch_budget)
+        for key in ("text_padding_fraction", "patch_padding_fraction"):
+            batch.pop(key)
+        t, c = loss_of(model.params, batch)
+        total, tokens = total + float(t), tokens + int(c)
+        pending = [pending[k] for k in plan.deferred]
+
+    # Exact match: generate each answer through the inference path, batch by batch.
+    examples, correct = [], 0
+    for start in range(0, len(good), batch_size):
+        chunk = [records[i] for i in good[start:start + batch_size]]
+        prompts, images, refs = [], [], []
+        for r in chunk:
+            last = max(k for k, m in enumerate(r["messages"]) if m["role"] == "assistant")
+            prompts.append(processor.apply_chat_template(r["messages"][:last], add_generation_prompt=True))
+            images.extend(_open_image(x, None) for x in r.get("images") or [])
+            refs.append(_text_of(r["messages"][last]["content"]).strip())
+        inputs = processor(text=prompts, images=images or None, padding=True)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens)
+        new = out[:, inputs["input_ids"].shape[1]:]
+        for r, ref, ids in zip(chunk, refs, new):
+            answer = tok.decode([int(t) for t in ids], skip_special_tokens=True).strip()
+            ok = answer == ref
+            correct += ok
+            if len(examples) < show:
+                img = _open_image(r["images"][0], None) if r.get("images") else None
+                examples.append({"question": _text_of(r["messages"][0]["content"]), "answer": answer,
+                                 "reference": ref, "correct": ok,
+                                 "image_size": None if img is None else img.size, "image": img})
+    return EvalResult(loss=total / max(tokens, 1), exact_match=correct / max(len(good), 1),
+                      num_examples=len(good), loss_tokens=tokens, skipped=dict(skipped), examples=examples)
+
+
+def evaluate_run(run: Any, *, model_dir: str | None = None, step: int | None = None, show: int = 0,
+                 num_examples: int | None = None) -> EvalResult:
+    """Evaluate a run's checkpoint (or ``model_dir``) on the recipe's ``eval.source``."""
+    from data_pipelines.sources import open_source
+
+    if run.eval.source is None:
+        raise ValueError("no evaluation data: set eval.source in the recipe (or eval.source=... on the command line)")
+    if model_dir is not None:
+        from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
+        from qwen2vl_jax.processing import Qwen2VLProcessor
+
+        loaded = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
+        processor, cfg, params = Qwen2VLProcessor.from_pretrained(model_dir), loaded.config, loaded.pure_params()
+        if not Path(model_dir, "tokenizer.json").exists():
+            raise FileNotFoundError(f"{model_dir}: no tokenizer.json")
+    else:
+        processor, cfg, params = load_trained(run, step)
+    records = open_source(dict(run.eval.source))
+    return evaluate(processor, cfg, params, records, num_examples=num_examples or run.eval.num_examples,
+                    batch_size=run.eval.batch_size, max_new_tokens=run.eval.max_new_tokens,
+                    text_budget=run.data.text_budget, patches_per_row=run.data.patches_per_row, show=show)

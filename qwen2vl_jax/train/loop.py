@@ -1,0 +1,182 @@
+"""The training loop: recipe -> run directory with checkpoints, metrics and an exported model.
+
+    run_dir = output_dir/run_name/
+        config.yaml        the resolved recipe
+        processor/         tokenizer + preprocessor configs
+        checkpoints/<step> Orbax: params, optimizer state, step, data-iterator state, config
+        metrics.jsonl      one line per log_every steps ({"step", "loss", ...})
+        tensorboard/       when tensorboardX is installed (or tensorboard=true)
+        model/             the final weights in the HF layout + processor (``generate --model``)
+
+Running the same command again resumes from the latest checkpoint (params, optimizer state and
+the exact data stream). SIGTERM (a preemption notice) saves a checkpoint after the current step
+and exits cleanly. Data parallel over every device: the params are replicated and each device
+gets its own packed group of rows (see data_pipelines/pipeline.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import zlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from qwen2vl_jax.model import abstract_model
+from qwen2vl_jax.train.checkpointing import PreemptionGuard, TrainCheckpointer
+from qwen2vl_jax.train.flops import detect_peak_tflops, train_flops_from_batch
+from qwen2vl_jax.train.metrics import MetricsLogger, Throughput
+from qwen2vl_jax.train.optimizer import learning_rate_schedule, make_optimizer
+from qwen2vl_jax.train.run_config import RunConfig, dump_yaml
+from qwen2vl_jax.train.setup import build_model_config, build_processor, initial_params
+from qwen2vl_jax.train.step import make_train_step
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    run_dir: str
+    start_step: int
+    last_step: int
+    preempted: bool
+    metrics: dict[str, float]  # the last logged line
+    model_dir: str | None  # the exported model (None unless the run reached its last step)
+
+
+def optimizer_config(run: RunConfig):
+    opt = run.optimizer
+    return opt if opt.total_steps > 0 else dataclasses.replace(opt, total_steps=run.steps)
+
+
+def _cast(tree: Any, dtype: str) -> Any:
+    return jax.tree.map(lambda x: np.asarray(x).astype(dtype), tree)
+
+
+def _batch_crc(batch: dict[str, np.ndarray]) -> int:
+    """A fingerprint of a step's data (tests check that a resumed run sees the same batches)."""
+    crc = zlib.crc32(np.ascontiguousarray(batch["input_ids"]).tobytes())
+    return zlib.crc32(np.ascontiguousarray(batch["labels"]).tobytes(), crc)
+
+
+def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
+    from data_pipelines.pipeline import PackedBatches
+
+    run_dir = run.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    main_process = jax.process_index() == 0
+    processor = build_processor(run)
+    cfg = build_model_config(run, processor)
+    if main_process:
+        (run_dir / "config.yaml").write_text(dump_yaml(run))
+
+    # Auto axes: GSPMD propagates the data sharding through the (unannotated) model.
+    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    replicated = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P(None, "data"))  # [A, G, ...]: groups over devices
+
+    graphdef, _ = nnx.split(abstract_model(cfg), nnx.Param)
+    params = jax.device_put(_cast(initial_params(run, cfg), cfg.param_dtype), replicated)
+    opt_cfg = optimizer_config(run)
+    tx = make_optimizer(opt_cfg, params, run.freeze)
+    opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+    schedule = learning_rate_schedule(opt_cfg)
+    step_fn = make_train_step(graphdef, tx, params, run.freeze, z_loss_weight=run.z_loss_weight,
+                              schedule=schedule)
+
+    data = PackedBatches(cfg, run.data, processor, rows=run.per_device_batch_size, grad_accum=run.grad_accum,
+                         groups=jax.local_device_count(), seed=run.seed, process_index=jax.process_index(),
+                         process_count=jax.process_count(), base_dir=os.getcwd())
+    ckpt = TrainCheckpointer(run_dir / "checkpoints", keep_last=run.keep_checkpoints)
+    start = 0
+    if ckpt.latest_step() is not None:
+        start, params, opt_state, data_state, _ = ckpt.restore(params, opt_state)
+        data.set_state(data_state)
+        say(f"resuming {run_dir} from the checkpoint of step {start}")
+    n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+    say(f"run {run_dir}: {n_params:,} parameters, {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"batch {run.grad_accum} x {jax.device_count()} x {run.per_device_batch_size} rows x "
+        f"{run.data.text_budget} tokens, steps {start} -> {run.steps}")
+
+    device_kind, peak = detect_peak_tflops(run.peak_tflops)
+    logger = MetricsLogger(run_dir, tensorboard={"auto": "auto", "true": True, "false": False}[run.tensorboard],
+                           wandb=run.wandb, config=run.to_dict(), progress_total_steps=run.steps,
+                           resume_step=start, active=main_process)
+    meter = Throughput(n_devices=jax.device_count(), peak_tflops=peak)
+    window: dict[str, list[float]] = {}
+    loss_sum, last = None, {}
+    preempted, step = False, start
+    with PreemptionGuard() as guard:
+        while step < run.steps:
+            item = next(data)
+            host = item["batch"]
+            batch = {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in host.items()}
+            params, opt_state, m = step_fn(params, opt_state, batch)
+            step += 1
+            loss_sum = m["loss"] if loss_sum is None else loss_sum + m["loss"]
+            stats = item["stats"]
+            meter.add(stats["text_tokens"] * jax.process_count(), stats["vision_patches"] * jax.process_count(),
+                      train_flops_from_batch(cfg, host, freeze=run.freeze) * jax.process_count())
+            for k in ("text_padding_fraction", "patch_padding_fraction"):
+                window.setdefault(k, []).append(stats[k])
+            if step % run.log_every == 0 or step == run.steps:
+                fetched = jax.device_get({**m, "loss_sum": loss_sum})
+                n = len(window["text_padding_fraction"])
+                last = {
+                    "loss": float(fetched["loss_sum"]) / n,
+                    "grad_norm": float(fetched["grad_norm"]),
+                    "learning_rate": float(fetched["learning_rate"]),
+                    "labelled_tokens": int(fetched["tokens"]),
+                    **({"z_loss": float(fetched["z_loss"])} if run.z_loss_weight else {}),
+                    **{k: float(np.mean(v)) for k, v in window.items()},
+                    "skipped_records": int(stats["skipped_records"]),
+                    **meter.window(),
+                    "batch_crc": _batch_crc(host),
+                }
+                logger.log(step, last)
+                loss_sum, window = None, {}
+                if not np.isfinite(last["loss"]):
+                    raise FloatingPointError(f"step {step}: loss is {last['loss']}; stopping "
+                                             "(lower optimizer.learning_rate or check the data)")
+            if guard.requested:
+                logger.write(f"{guard.signal_name}: saving a checkpoint at step {step} and exiting")
+                preempted = True
+            if step % run.checkpoint_every == 0 or step == run.steps or preempted:
+                ckpt.save(step, params, opt_state, data_iter_state=data.get_state(), config=run.to_dict(),
+                          force=True)
+            if preempted:
+                break
+    ckpt.close()
+    data.close()
+    logger.close()
+    skipped = dict(data.skipped)
+    if skipped:
+        say(f"skipped {sum(skipped.values())} bad record(s): {skipped}")
+    model_dir = None
+    if step == run.steps and main_process:
+        model_dir = str(export_model(run, cfg, params, processor))
+        say(f"exported the trained model to {model_dir}")
+    return TrainResult(str(run_dir), start, step, preempted, last, model_dir)
+
+
+def export_model(run: RunConfig, cfg: Any, params: Any, processor: Any):
+    """Save ``params`` in the HF layout with the processor, for ``generate`` / ``eval --model``."""
+    from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
+
+    tok = processor.tokenizer
+    eos = [i for i in (tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")) if i is not None]
+    gen = {"eos_token_id": eos, "pad_token_id": tok.token_to_id("<|endoftext|>"), "do_sample": False}
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
+    model = Qwen2VLForConditionalGeneration(cfg.replace(dtype=cfg.param_dtype), host, generation_config=gen)
+    out = model.save_pretrained(run.run_dir / "model")
+    processor.save_pretrained(out)
+    return out
+
+
+__all__ = ["TrainResult", "export_model", "optimizer_config", "train"]

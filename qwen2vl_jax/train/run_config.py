@@ -1,0 +1,210 @@
+"""The training recipe: frozen dataclasses are the schema, YAML files the recipes.
+
+    run = load_run_config("experiments/configs/stage3_sft_2b.yaml", ["steps=100", "optimizer.learning_rate=1e-5"])
+
+* ``base_config: other.yaml`` (relative to the file) is loaded first and the file's keys are
+  merged over it, recursively; a dict that names a ``type`` (a data source spec) replaces the
+  inherited one whole instead of merging into it.
+* ``key=value`` overrides use dotted keys; values are parsed as YAML (``steps=10``,
+  ``freeze.freeze_vision=true``, ``data.source={type: jsonl, path: a.jsonl}``).
+* Unknown keys are errors naming the key and the valid ones; values are coerced to the field's
+  type (so ``1e-5``, which YAML reads as a string, is a float) or rejected with the key named.
+
+The resolved config (``to_dict``) is saved in the run directory and in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_pipelines.pipeline import DataConfig
+from qwen2vl_jax.train.freezing import FreezeConfig
+from qwen2vl_jax.train.optimizer import OptimizerConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """Where the model comes from: a released preset initialised from scratch (``preset``) or a
+    checkpoint (HF or our Orbax format, ``checkpoint``) to fine-tune; ``overrides`` changes
+    architecture fields for ablations (``{text: {num_hidden_layers: 4}}``)."""
+
+    preset: str | None = None
+    checkpoint: str | None = None
+    overrides: dict = dataclasses.field(default_factory=dict)
+    dtype: str = "bfloat16"  # compute dtype
+    param_dtype: str = "float32"  # master weights
+    remat: str = "none"  # "none" | "full" | "dots"
+    vision_attention_impl: str | None = None  # None: the config default
+    text_attention_impl: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """``qwen2vl-jax eval`` (and the demo): loss and exact match of generated answers."""
+
+    source: dict | None = None  # a source spec; None: no evaluation data configured
+    num_examples: int = 200
+    max_new_tokens: int = 16
+    batch_size: int = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    run_name: str = "run"
+    output_dir: str = "runs"  # the run directory is output_dir/run_name
+    steps: int = 1000
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    seed: int = 0
+    per_device_batch_size: int = 1  # packed rows per device per microbatch
+    grad_accum: int = 1  # microbatches per optimizer step
+    z_loss_weight: float = 0.0
+    peak_tflops: float | None = None  # per device, for MFU (None: from the device kind)
+    tensorboard: str = "auto"  # "auto" (if tensorboardX is installed) | "true" | "false"
+    wandb: dict | None = None  # e.g. {project: qwen2vl, name: stage1}; needs the [track] extra
+    tokenizer: str | None = None  # a dir with tokenizer.json etc.; None: model.checkpoint's;
+    #                               "builtin:synthetic_visual_qa" builds the demo's small tokenizer
+    model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    freeze: FreezeConfig = dataclasses.field(default_factory=FreezeConfig)
+    eval: EvalSection = dataclasses.field(default_factory=EvalSection)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        if (self.model.preset is None) == (self.model.checkpoint is None):
+            raise ValueError("set exactly one of model.preset (train from scratch) and model.checkpoint "
+                             "(fine-tune)")
+        for name in ("steps", "checkpoint_every", "log_every", "per_device_batch_size", "grad_accum",
+                     "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tensorboard not in ("auto", "true", "false"):
+            raise ValueError(f"tensorboard must be auto, true or false, got {self.tensorboard!r}")
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def _merge(base: dict, child: dict) -> dict:
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and "type" not in value:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"base_config cycle: {' -> '.join(map(str, (*_seen, path)))}")
+    if not path.exists():
+        raise FileNotFoundError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a recipe must be a mapping, got {type(raw).__name__}")
+    base = raw.pop("base_config", None)
+    if base is None:
+        return raw
+    return _merge(load_yaml_recipe(path.parent / base, (*_seen, path)), raw)
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    tree = dict(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text else None
+        node, parts = tree, key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = value
+    return tree
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except (TypeError, ValueError):
+                continue
+        raise ValueError(f"{key}: cannot use {value!r} as {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or float(value) != int(float(value)):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return int(float(value))
+    if annotation is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        return tuple(value)
+    return value
+
+
+def from_dict(cls: type, tree: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys and bad values name the key."""
+    if not isinstance(tree, dict):
+        raise ValueError(f"{prefix or 'config'}: expected a mapping, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(tree) - fields)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; valid keys"
+                         f"{' under ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in tree.items()}
+    return cls(**kwargs)
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """The recipe at ``path`` (or the defaults) with ``key=value`` overrides applied."""
+    tree = load_yaml_recipe(path) if path is not None else {}
+    run = from_dict(RunConfig, apply_overrides(tree, list(overrides)))
+    run.validate()
+    return run
+
+
+def dump_yaml(run: RunConfig) -> str:
+    return yaml.safe_dump(run.to_dict(), sort_keys=False)

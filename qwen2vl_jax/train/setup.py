@@ -1,0 +1,103 @@
+"""Build what a run needs from its recipe: the processor, the model config and the first params.
+
+A run either fine-tunes a checkpoint (``model.checkpoint``: HF or Orbax directory; its config,
+tokenizer and preprocessor come with it) or trains a preset from scratch (``model.preset``), in
+which case the special-token ids and the vocabulary size follow the tokenizer, so a small
+tokenizer (the demo's) gives a small embedding table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from qwen2vl_jax.config import ModelConfig, get_preset
+
+BUILTIN_TOKENIZER = "builtin:synthetic_visual_qa"
+
+
+def _replace_nested(obj: Any, changes: dict, prefix: str = "model.overrides") -> Any:
+    valid = {f.name for f in dataclasses.fields(obj)}
+    updates = {}
+    for key, value in changes.items():
+        if key not in valid:
+            raise ValueError(f"unknown config key {prefix}.{key}; valid: {', '.join(sorted(valid))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}.{key}: expected a mapping of fields")
+            value = _replace_nested(current, value, f"{prefix}.{key}")
+        elif isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        updates[key] = value
+    return dataclasses.replace(obj, **updates)
+
+
+def processor_dir(run: Any) -> Path:
+    """Where the run keeps its tokenizer + processor configs (exported with the model)."""
+    return run.run_dir / "processor"
+
+
+def build_processor(run: Any) -> Any:
+    """The run's ``Qwen2VLProcessor``, also written to ``run_dir/processor``."""
+    from qwen2vl_jax.processing import Qwen2VLProcessor
+
+    out = processor_dir(run)
+    source = run.tokenizer or run.model.checkpoint
+    if source == BUILTIN_TOKENIZER:
+        from data_pipelines.synthetic import QUESTIONS, answer_vocabulary
+        from qwen2vl_jax.testing.tiny_checkpoint import HUB_PREPROCESSOR_CONFIG, build_tiny_tokenizer
+
+        if not (out / "tokenizer.json").exists():
+            build_tiny_tokenizer(out, corpus=answer_vocabulary() + list(QUESTIONS.values()))
+            (out / "preprocessor_config.json").write_text(json.dumps(HUB_PREPROCESSOR_CONFIG, indent=2))
+        source = out
+    if source is None:
+        raise ValueError("no tokenizer: set `tokenizer` (a directory with tokenizer.json) or model.checkpoint")
+    overrides = {k: v for k, v in (("min_pixels", run.data.min_pixels), ("max_pixels", run.data.max_pixels))
+                 if v is not None}
+    processor = Qwen2VLProcessor.from_pretrained(source, **overrides)
+    processor.save_pretrained(out)
+    return processor
+
+
+def build_model_config(run: Any, processor: Any) -> ModelConfig:
+    m = run.model
+    runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat}
+    for name in ("vision_attention_impl", "text_attention_impl"):
+        if getattr(m, name) is not None:
+            runtime[name] = getattr(m, name)
+    if m.checkpoint is not None:
+        cfg = ModelConfig.from_json_file(Path(m.checkpoint) / "config.json", **runtime)
+        return _replace_nested(cfg, m.overrides) if m.overrides else cfg
+    cfg = _replace_nested(get_preset(m.preset), m.overrides) if m.overrides else get_preset(m.preset)
+    tok = processor.tokenizer
+    ids = {name: tok.token_to_id(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
+        ("vision_token_id", "<|vision_pad|>"), ("eos_token_id", "<|im_end|>"),
+        ("pad_token_id", "<|endoftext|>"), ("bos_token_id", "<|endoftext|>"))}
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise ValueError(f"tokenizer {run.tokenizer or m.checkpoint} lacks the Qwen special tokens for {missing}")
+    vocab = max(cfg.text.vocab_size if m.overrides.get("text", {}).get("vocab_size") else 0,
+                tok.vocab_size if hasattr(tok, "vocab_size") else 0, max(ids.values()) + 1)
+    text = dataclasses.replace(cfg.text, vocab_size=vocab)
+    return cfg.replace(text=text, **ids, **runtime)
+
+
+def initial_params(run: Any, cfg: ModelConfig) -> dict:
+    """Pure-dict params (numpy or jax leaves) in ``cfg.param_dtype``."""
+    from flax import nnx
+
+    from qwen2vl_jax.model import Qwen2VL
+
+    if run.model.checkpoint is not None:
+        from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
+
+        model = Qwen2VLForConditionalGeneration.from_pretrained(run.model.checkpoint, dtype=cfg.param_dtype)
+        return model.pure_params()
+    model = Qwen2VL(cfg, rngs=nnx.Rngs(run.seed))
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
