@@ -5,7 +5,11 @@
     qwen2vl-jax convert --orbax DIR --to-hf DIR [--dtype ...]     Orbax -> HF safetensors
     qwen2vl-jax generate --model DIR [--image PATH ...] [--video PATH] --prompt TEXT [...]
     qwen2vl-jax bench [...]                                       inference benchmark
-    qwen2vl-jax demo [--workdir DIR]                              embedded end-to-end demo
+    qwen2vl-jax train RECIPE.yaml [key=value ...]                 train / fine-tune (resumes)
+    qwen2vl-jax eval RECIPE.yaml [key=value ...] [--model DIR]    loss + exact match of answers
+    qwen2vl-jax plot RUN_DIR [--out PNG]                          loss / throughput curves
+    qwen2vl-jax demo [key=value ...] [--workdir DIR]              learn to read on CPU (embedded)
+    qwen2vl-jax demo --inference [--workdir DIR]                  the inference path, random weights
 """
 
 from __future__ import annotations
@@ -147,9 +151,49 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.inference:
+        from qwen2vl_jax.demo_inference import run as run_inference
+
+        return run_inference(args.workdir)
     from qwen2vl_jax.demo import run
 
-    return run(args.workdir)
+    return run(args.overrides, args.workdir)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from qwen2vl_jax.train.loop import train
+    from qwen2vl_jax.train.run_config import load_run_config
+
+    result = train(load_run_config(args.recipe, args.overrides))
+    if result.preempted:
+        print(f"preempted: checkpoint of step {result.last_step} saved in {result.run_dir}; "
+              "run the same command to resume", file=sys.stderr)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from qwen2vl_jax.train.evaluate import evaluate_run
+    from qwen2vl_jax.train.run_config import load_run_config
+
+    run = load_run_config(args.recipe, args.overrides)
+    res = evaluate_run(run, model_dir=args.model, step=args.step, show=args.show, num_examples=args.num_examples)
+    for ex in res.examples:
+        print(f"{'ok' if ex['correct'] else 'XX'}  {ex['question']!r} -> {ex['answer']!r} (reference {ex['reference']!r})")
+    print(res.summary())
+    if args.json:
+        print(json.dumps({"loss": res.loss, "exact_match": res.exact_match, "num_examples": res.num_examples,
+                          "loss_tokens": res.loss_tokens, "skipped": res.skipped}))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from qwen2vl_jax.train.plot import plot_run
+
+    try:
+        print(plot_run(args.run, args.out))
+    except FileNotFoundError as e:
+        raise ValueError(str(e)) from e
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,8 +242,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser(bench)
     bench.set_defaults(func=_cmd_bench)
 
-    demo = sub.add_parser("demo", help="run the embedded end-to-end demo (no downloads)")
-    demo.add_argument("--workdir", metavar="DIR", help="where to write the demo checkpoints (default: a temp dir)")
+    train = sub.add_parser("train", help="train or fine-tune from a YAML recipe; rerun the same command to resume")
+    train.add_argument("recipe", help="a recipe, e.g. experiments/configs/stage3_sft_2b.yaml")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. steps=100")
+    train.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser("eval", help="loss and exact-match accuracy of generated answers on eval.source")
+    ev.add_argument("recipe")
+    ev.add_argument("overrides", nargs="*", metavar="key=value")
+    ev.add_argument("--model", metavar="DIR", help="evaluate this model directory (HF or Orbax + tokenizer) "
+                    "instead of the run's checkpoint")
+    ev.add_argument("--step", type=int, help="the checkpoint step (default: the latest)")
+    ev.add_argument("--show", type=int, default=5, help="print this many answers")
+    ev.add_argument("--num-examples", type=int, help="default: eval.num_examples")
+    ev.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    ev.set_defaults(func=_cmd_eval)
+
+    plot = sub.add_parser("plot", help="write the loss / throughput curves of a run as PNG")
+    plot.add_argument("run", help="a run directory (or its metrics.jsonl)")
+    plot.add_argument("--out", help="the PNG to write (default: RUN/metrics.png)")
+    plot.set_defaults(func=_cmd_plot)
+
+    demo = sub.add_parser("demo", help="train a small model to read, on CPU, and evaluate it (no downloads)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of experiments/configs/demo.yaml")
+    demo.add_argument("--workdir", metavar="DIR", help="the output directory (default: runs/; with "
+                      "--inference: a temp dir)")
+    demo.add_argument("--inference", action="store_true", help="only the inference path on random weights "
+                      "(checkpoint conversion round trip + generate), ~30 s")
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -208,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         print(f"qwen2vl-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,77 +1,73 @@
-"""``qwen2vl-jax demo``: the whole inference path on an embedded default, no downloads.
+"""``qwen2vl-jax demo``: a small Qwen2-VL learns to read, from scratch, on a laptop CPU.
 
-1. draws a synthetic picture and preprocesses it exactly like the reference processor;
-2. writes a complete tiny checkpoint (random ``tiny`` weights, a Qwen-shaped tokenizer, processor
-   and generation configs) in the HF layout;
-3. converts HF -> Orbax -> HF and checks that all three give bit-identical logits;
-4. asks a question about the picture through the chat template and generates an answer (random
-   weights, so the words mean nothing), with prefill and decode timings;
-5. prints the exact parameter counts of the released sizes (jax.eval_shape, no memory).
+The recipe is ``experiments/configs/demo.yaml`` (any key can be overridden: ``demo steps=100``):
+
+1. trains a ~1M-parameter model on synthetic pictures of varied sizes and aspect ratios
+   (``data_pipelines/synthetic.py``: a coloured shape and a word or digit; questions ask for the
+   word, the number, the colour or the shape), through the real path: grain pipeline, packing
+   into fixed budgets, the jitted train step, Orbax checkpoints, metrics.jsonl;
+2. writes the loss / throughput plot;
+3. evaluates exact match of generated answers on held-out pictures (another seed) through the
+   inference path (``generate``), next to the best answer-without-looking baseline;
+4. shows a few held-out pictures (saved as PNG) with the model's answers.
+
+Running it again resumes / reuses the run in ``--workdir`` (default ``runs/``).
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw
+RECIPE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.yaml"
 
 
-def _picture() -> Image.Image:
-    img = Image.new("RGB", (150, 100), "white")
-    draw = ImageDraw.Draw(img)
-    draw.rectangle([10, 10, 70, 60], fill=(220, 40, 40))
-    draw.ellipse([80, 30, 140, 90], fill=(40, 90, 220))
-    return img
+def run(overrides: list[str] = (), workdir: str | None = None) -> int:
+    from data_pipelines.sources import open_source
+    from data_pipelines.synthetic import blind_baseline
+    from qwen2vl_jax.train.evaluate import evaluate_run
+    from qwen2vl_jax.train.loop import train
+    from qwen2vl_jax.train.metrics import read_metrics
+    from qwen2vl_jax.train.plot import plot_run
+    from qwen2vl_jax.train.run_config import load_run_config
 
-
-def run(workdir: str | None = None) -> int:
-    from qwen2vl_jax import Qwen2VLForConditionalGeneration, Qwen2VLProcessor, count_params, get_preset
-    from qwen2vl_jax.config import BucketConfig
-    from qwen2vl_jax.convert import hf_to_orbax, orbax_to_hf
-    from qwen2vl_jax.testing.tiny_checkpoint import write_tiny_checkpoint
-
-    work = Path(workdir or tempfile.mkdtemp(prefix="qwen2vl_demo_"))
-    print(f"[1/5] writing a complete tiny checkpoint (random weights + tokenizer) to {work / 'hf'}")
-    write_tiny_checkpoint(work / "hf", max_pixels=56 * 84)
-    processor = Qwen2VLProcessor.from_pretrained(work / "hf")
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(text=[prompt], images=[_picture()], return_tensors="np")
-    print("[2/5] preprocessed a 150x100 synthetic picture: "
-          f"pixel_values {inputs['pixel_values'].shape}, image_grid_thw {inputs['image_grid_thw'].tolist()}, "
-          f"prompt {inputs['input_ids'].shape[1]} tokens")
-    print(f"      {prompt!r}")
-
-    print("[3/5] converting HF -> Orbax -> HF")
-    quiet = lambda _msg: None
-    hf_to_orbax(work / "hf", work / "orbax", progress=quiet)
-    orbax_to_hf(work / "orbax", work / "hf_back", progress=quiet)
-    small = {"buckets": BucketConfig(text_buckets=(128,), patch_buckets=(256,))}
-    logits = []
-    for src in ("hf", "orbax", "hf_back"):
-        model = Qwen2VLForConditionalGeneration.from_pretrained(work / src, **small)
-        logits.append(np.asarray(model(**inputs).logits))
-    same = all(np.array_equal(logits[0], x) for x in logits[1:])
-    print(f"      {model.num_parameters:,} parameters; logits identical across the three formats: {same}")
-
-    print("[4/5] generating an answer (sampled, seed 0, 24 new tokens; random weights, so no meaning)")
-    kw = dict(max_new_tokens=24, eos_token_id=[], do_sample=True, temperature=1.0, seed=0)
-    timings: dict[str, float] = {}
+    if not RECIPE.exists():
+        raise ValueError(f"the demo recipe {RECIPE} is missing (run the demo from a clone of the repository)")
+    extra = [f"output_dir={workdir}"] if workdir else []
+    run = load_run_config(RECIPE, [*extra, *overrides])
     t0 = time.perf_counter()
-    out = model.generate(**inputs, **kw, timings=timings)
-    first = time.perf_counter() - t0
-    answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
-    print(f"      answer: {answer!r}")
-    again = model.generate(**inputs, **kw, timings=timings)
-    rate = (timings["new_tokens"] - 1) / timings["decode_s"]
-    print(f"      first call {first:.1f} s (compiles prefill + decode); compiled: prefill "
-          f"{1e3 * timings['prefill_s']:.1f} ms, decode {rate:.0f} tokens/s; same seed, same answer: "
-          f"{np.array_equal(out, again)}")
+    print(f"[1/4] training from scratch: {run.steps} steps on synthetic visual questions ({RECIPE.name})",
+          flush=True)
+    result = train(run)
+    train_s = time.perf_counter() - t0
+    lines = [x for x in read_metrics(run.run_dir / "metrics.jsonl") if "loss" in x]
+    if lines:
+        def mean(key: str) -> float:
+            vals = [x[key] for x in lines if x.get(key) is not None]
+            return sum(vals) / len(vals) if vals else float("nan")
 
-    print("[5/5] exact parameter counts (jax.eval_shape):")
-    for name in ("2b", "7b", "72b"):
-        print(f"      {name:>4s}: {count_params(get_preset(name)):,}")
-    return 0 if same else 1
+        print(f"      loss {lines[0]['loss']:.3f} (step {lines[0]['step']}) -> {lines[-1]['loss']:.3f} "
+              f"(step {lines[-1]['step']}); {mean('tokens_per_s'):.0f} tokens/s; padding: text "
+              f"{100 * mean('text_padding_fraction'):.1f}%, patches {100 * mean('patch_padding_fraction'):.1f}%; "
+              f"{train_s:.0f} s")
+
+    png = plot_run(run.run_dir)
+    print(f"[2/4] loss curve: {png}")
+
+    print(f"[3/4] evaluating on {run.eval.num_examples} held-out pictures (generate, greedy)", flush=True)
+    res = evaluate_run(run, show=6)
+    baseline = blind_baseline(open_source(dict(run.data.source)), open_source(dict(run.eval.source)))
+    print(f"      {res.summary()}")
+
+    print("[4/4] a few held-out pictures and the model's answers:")
+    examples = run.run_dir / "examples"
+    examples.mkdir(exist_ok=True)
+    for k, ex in enumerate(res.examples):
+        path = examples / f"{k:02d}.png"
+        ex["image"].save(path)
+        mark = "ok " if ex["correct"] else "XX "
+        print(f"      {mark} {path.name} {ex['image_size'][0]}x{ex['image_size'][1]}  {ex['question']!r:30s} "
+              f"-> {ex['answer']!r} (truth {ex['reference']!r})")
+    print(f"run directory: {result.run_dir} (model: {result.model_dir})")
+    print(f"held-out exact match: {100 * res.exact_match:.1f}% (answer-without-looking baseline: {100 * baseline:.1f}%)")
+    return 0

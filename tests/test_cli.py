@@ -68,7 +68,7 @@ def test_generate_reports_a_bad_image(converted, tmp_path):
 
 
 def test_demo_runs(tmp_path, capsys):
-    assert main(["demo", "--workdir", str(tmp_path)]) == 0
+    assert main(["demo", "--inference", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "logits identical across the three formats: True" in out
     assert "same seed, same answer: True" in out

@@ -30,9 +30,10 @@ from qwen2vl_jax.train.optimizer import OptimizerConfig
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
-    """Where the model comes from: a released preset initialised from scratch (``preset``) or a
-    checkpoint (HF or our Orbax format, ``checkpoint``) to fine-tune; ``overrides`` changes
-    architecture fields for ablations (``{text: {num_hidden_layers: 4}}``)."""
+    """Where the model comes from: a checkpoint (HF or our Orbax format, ``checkpoint``) to
+    fine-tune, or a preset initialised from scratch (``preset`` alone). With both, the
+    checkpoint's architecture must equal the preset's (a guard against a wrong path).
+    ``overrides`` changes architecture fields for ablations (``{text: {num_hidden_layers: 4}}``)."""
 
     preset: str | None = None
     checkpoint: str | None = None
@@ -85,9 +86,9 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        if (self.model.preset is None) == (self.model.checkpoint is None):
-            raise ValueError("set exactly one of model.preset (train from scratch) and model.checkpoint "
-                             "(fine-tune)")
+        if self.model.preset is None and self.model.checkpoint is None:
+            raise ValueError("set model.preset (train from scratch) or model.checkpoint (fine-tune; with "
+                             "model.preset too, the checkpoint's architecture is checked against it)")
         for name in ("steps", "checkpoint_every", "log_every", "per_device_batch_size", "grad_accum",
                      "keep_checkpoints"):
             if getattr(self, name) < 1:
@@ -162,14 +163,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if str(value).lower() in ("true", "false"):
             return str(value).lower() == "true"
         raise ValueError(f"{key}: expected true/false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or float(value) != int(float(value)):
-            raise ValueError(f"{key}: expected an integer, got {value!r}")
-        return int(float(value))
-    if annotation is float:
-        if isinstance(value, bool):
+    if annotation in (int, float):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        if isinstance(value, bool) or number is None:
             raise ValueError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        if annotation is float:
+            return number
+        if number != int(number):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return int(number)
     if annotation is str:
         if isinstance(value, (dict, list)):
             raise ValueError(f"{key}: expected a string, got {value!r}")

@@ -70,7 +70,18 @@ def build_model_config(run: Any, processor: Any) -> ModelConfig:
         if getattr(m, name) is not None:
             runtime[name] = getattr(m, name)
     if m.checkpoint is not None:
-        cfg = ModelConfig.from_json_file(Path(m.checkpoint) / "config.json", **runtime)
+        path = Path(m.checkpoint) / "config.json"
+        if not path.exists():
+            raise FileNotFoundError(f"model.checkpoint: {path} not found (convert or export a checkpoint "
+                                    "there, or set model.checkpoint=null to train model.preset from scratch)")
+        cfg = ModelConfig.from_json_file(path, **runtime)
+        if m.preset is not None:
+            want = get_preset(m.preset)
+            diff = [f"{part}.{f.name}: {getattr(getattr(cfg, part), f.name)} != {getattr(getattr(want, part), f.name)}"
+                    for part in ("vision", "text") for f in dataclasses.fields(getattr(cfg, part))
+                    if getattr(getattr(cfg, part), f.name) != getattr(getattr(want, part), f.name)]
+            if diff:
+                raise ValueError(f"model.checkpoint {m.checkpoint} is not the {m.preset} architecture: {diff}")
         return _replace_nested(cfg, m.overrides) if m.overrides else cfg
     cfg = _replace_nested(get_preset(m.preset), m.overrides) if m.overrides else get_preset(m.preset)
     tok = processor.tokenizer
