@@ -130,6 +130,10 @@ class BucketConfig:
             object.__setattr__(self, name, sizes)
 
 
+# The names ops.attention.attention accepts (kept here so the config needs no jax import).
+ATTENTION_IMPLS = ("auto", "xla", "xla_blocked", "block_sparse", "splash", "pallas_gpu", "cudnn")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The whole model, plus the runtime choices that do not change the weights.
@@ -151,10 +155,17 @@ class ModelConfig:
     # Runtime (not part of the checkpoint).
     dtype: str = "float32"
     param_dtype: str = "float32"
-    vision_attention_impl: str = "xla_blocked"  # ViT segment ids are sorted: see ops/attention.py
-    text_attention_impl: str = "xla"
+    # Attention implementation per tower, one of ATTENTION_IMPLS (ops/attention.py). "auto": our
+    # block-sparse Pallas kernel on TPU/GPU, the XLA paths on CPU (xla_blocked for the ViT).
+    vision_attention_impl: str = "auto"
+    text_attention_impl: str = "auto"
     remat: str = "none"  # "none" | "full" | "dots": rematerialisation policy for scanned layers
     buckets: BucketConfig = dataclasses.field(default_factory=BucketConfig)
+
+    def __post_init__(self):
+        for name in ("vision_attention_impl", "text_attention_impl"):
+            if getattr(self, name) not in ATTENTION_IMPLS:
+                raise ValueError(f"config: {name} {getattr(self, name)!r} is not one of {ATTENTION_IMPLS}")
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

@@ -1,20 +1,31 @@
 """Attention dispatch: one signature for every implementation.
 
-``attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal, impl)``:
-  q: [B, Sq, Hq, D]; k, v: [B, Skv, Hkv, D]; segment ids int32[B, Sq] / int32[B, Skv].
-A query attends to a key iff their segment ids are equal (and, if causal, the key is not after
-the query; when Sq < Skv the queries are the last Sq positions). Padding gets its own segment id,
-so no row is ever fully masked in practice; if one is, it gets a uniform softmax, never NaN
-(HF masks with finfo.min, not -inf: spec §10.7).
+``attention(q, k, v, *, q_segment_ids, kv_segment_ids, causal, impl, scale)``:
+  q: [B, Sq, Hq, D]; k, v: [B, Skv, Hkv, D]; segment ids int32[B, Sq] / int32[B, Skv] (or None:
+  one segment per row). A query attends to a key iff their segment ids are equal (and, if
+  causal, the key is not after the query; when Sq < Skv the queries are the last Sq positions).
+  Query head h uses kv head h // (Hq // Hkv) (GQA, HF ``repeat_kv``). Softmax statistics are fp32.
+Padding gets its own segment id, so no row is ever fully masked in practice. If one is, ``xla``
+gives it a uniform softmax (HF masks with finfo.min, not -inf: spec §10.7) and ``block_sparse``
+gives 0; neither gives NaN (splash would: it divides by zero).
 
-Implementations:
+Implementations (``IMPLEMENTATIONS``):
   * ``xla``: dense einsum/softmax in fp32 with a segment mask; the oracle, runs everywhere.
-  * ``xla_blocked``: for segment ids that are non-decreasing along the sequence (the packed ViT
-    stream is, by construction), each block of queries visits only the key blocks whose
-    segment range can meet its own, in an on-device loop with an online softmax. A stream of
-    many images then costs what its images cost instead of (stream length)^2. Non-causal only
-    (falls back to ``xla`` otherwise). Gradients: exact, through the dense formula.
-The Pallas kernels plug in here too (kernels issue).
+  * ``xla_blocked``: each query block visits the key blocks its segments can meet (the kernels'
+    block ranges), in an XLA loop with an online softmax; sparse for sorted ids (the packed ViT
+    stream), exact for any. Forward is sparse, gradient exact through the dense formula.
+    Non-causal with lengths that are multiples of 128; otherwise falls back to xla.
+  * ``block_sparse`` (ours, ``kernels/``): Pallas flash attention that visits only the key blocks
+    whose segment range meets the query block, forward and backward; Mosaic on TPU, Triton on
+    GPU. Cost ~ sum of squared segment lengths instead of (stream length)^2.
+  * ``splash``: JAX's TPU splash attention with ``SegmentIds`` through ``shard_map`` on the mesh.
+  * ``pallas_gpu``: JAX's Pallas-Triton ``mha`` with segment ids (self-attention only).
+  * ``cudnn``: ``jax.nn.dot_product_attention`` on cuDNN, only without segment ids (it cannot
+    honour them and refuses rather than ignoring them; see ``kernels/cudnn.py``).
+  * ``auto``: ``resolve_impl`` picks per platform and shape.
+Pallas kernels run in interpret mode automatically when the platform is CPU. The platform is
+that of the mesh in context (``jax.set_mesh``, also a TPU topology mesh for AOT compilation),
+else JAX's default backend.
 """
 
 from __future__ import annotations
@@ -24,8 +35,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("xla", "xla_blocked")
-BLOCK = 128
+from qwen2vl_jax.kernels.block_table import kv_ranges
+
+IMPLEMENTATIONS = ("auto", "xla", "xla_blocked", "block_sparse", "splash", "pallas_gpu", "cudnn")
+BLOCK = 128  # xla_blocked's block
+PALLAS_MIN_LEN = 128  # shorter sequences (decode steps, tiny tests) are cheaper in plain XLA
 
 
 def attention(
@@ -33,21 +47,93 @@ def attention(
     k: jax.Array,
     v: jax.Array,
     *,
-    q_segment_ids: jax.Array,
-    kv_segment_ids: jax.Array,
+    q_segment_ids: jax.Array | None,
+    kv_segment_ids: jax.Array | None,
     causal: bool,
     impl: str = "xla",
     scale: float | None = None,
+    block_q: int | None = None,
+    block_kv: int | None = None,
 ) -> jax.Array:
-    """Grouped-query attention with segment masking. Returns [B, Sq, Hq, D] in q's dtype."""
-    _check_shapes(q, k, v, q_segment_ids, kv_segment_ids)
+    """Grouped-query attention with segment masking. Returns [B, Sq, Hq, D] in q's dtype.
+
+    ``block_q`` / ``block_kv`` override the Pallas kernels' block sizes (tests use small ones).
+    """
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"attention impl {impl!r} is not available; choose one of {IMPLEMENTATIONS}")
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("attention: give both q_segment_ids and kv_segment_ids, or neither")
+    unsegmented = q_segment_ids is None
+    same_ids = q_segment_ids is kv_segment_ids  # pallas_gpu's mha has one id array for both
+    if unsegmented:
+        q_segment_ids = jnp.zeros(q.shape[:2], jnp.int32)
+        kv_segment_ids = jnp.zeros(k.shape[:2], jnp.int32)
+    _check_shapes(q, k, v, q_segment_ids, kv_segment_ids)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    platform = current_platform()
     s_q, s_kv = q.shape[1], k.shape[1]
+    if impl == "auto":
+        impl = resolve_impl(platform, s_q, s_kv, causal)
+    blocks = {k_: v_ for k_, v_ in (("block_q", block_q), ("block_kv", block_kv)) if v_ is not None}
     if impl == "xla_blocked" and not causal and s_q % BLOCK == 0 and s_kv % BLOCK == 0 and s_kv > BLOCK:
         return _blocked_attention(q, k, v, q_segment_ids, kv_segment_ids, scale)
+    if impl in ("block_sparse", "splash", "pallas_gpu"):
+        from qwen2vl_jax.kernels.mesh import run_sharded
+
+        kernel = _pallas_kernel(impl, platform, causal, scale, same_ids or unsegmented, blocks)
+        return run_sharded(kernel, q, k, v, q_segment_ids, kv_segment_ids)
+    if impl == "cudnn":
+        from qwen2vl_jax.kernels import cudnn
+
+        if not unsegmented:
+            cudnn.refuse_segments()
+        return cudnn.cudnn_attention(q, k, v, causal=causal, scale=scale)
     return _xla_attention(q, k, v, q_segment_ids, kv_segment_ids, causal, scale)
+
+
+def _pallas_kernel(impl, platform, causal, scale, same_ids, blocks):
+    """fn(q, k, v, q_seg, kv_seg) for one device; interpret mode when the platform is CPU."""
+    interpret = platform == "cpu"
+    if impl == "block_sparse":
+        from qwen2vl_jax.kernels.block_sparse import block_sparse_attention
+
+        variant = "gpu" if platform == "gpu" else "tpu"
+        return functools.partial(block_sparse_attention, causal=causal, scale=scale, variant=variant,
+                                 interpret=interpret, **blocks)
+    if impl == "splash":
+        from qwen2vl_jax.kernels.splash import splash_attention
+
+        return functools.partial(splash_attention, causal=causal, scale=scale, interpret=interpret, **blocks)
+    from qwen2vl_jax.kernels.pallas_gpu import pallas_gpu_attention
+
+    if not same_ids:
+        raise ValueError("attention impl 'pallas_gpu' takes one segment-id array for queries and keys: "
+                         "pass the same array as q_segment_ids and kv_segment_ids")
+    return lambda q, k, v, q_seg, kv_seg: pallas_gpu_attention(
+        q, k, v, q_seg, causal=causal, scale=scale, interpret=interpret, **blocks)
+
+
+def current_platform() -> str:
+    """"cpu", "gpu" or "tpu": the mesh in context decides (AOT for a TPU topology), else the backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    platform = device.platform if device is not None else jax.default_backend()
+    return "gpu" if platform in ("cuda", "rocm", "gpu") else platform
+
+
+def resolve_impl(platform: str, s_q: int, s_kv: int, causal: bool) -> str:
+    """What ``impl="auto"`` runs.
+
+    TPU: our block-sparse kernel, which skips cross-segment blocks (splash and mha skip only
+    causal ones), unless the sequence is too short to fill a block (decode steps); it compiles
+    ahead of time for v4/v5e/v5p/v6e (tests/kernels/test_tpu_aot.py). GPU and CPU: the XLA
+    paths (xla_blocked for non-causal streams) -- the Triton variant has only been lowered and
+    run in interpret mode so far, never on a GPU, so it is opt-in (``impl="block_sparse"``)
+    until it is measured there. CPU interpret mode is for tests, not speed.
+    """
+    if platform == "tpu":
+        return "block_sparse" if min(s_q, s_kv) >= PALLAS_MIN_LEN else "xla"
+    return "xla" if causal else "xla_blocked"
 
 
 def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, causal: bool) -> jax.Array:
@@ -111,9 +197,9 @@ _blocked_attention.defvjp(_blocked_fwd, _blocked_bwd)
 def _blocked_forward(q, k, v, q_seg, kv_seg, scale):
     """Online-softmax attention over the key blocks each query block can meet.
 
-    With non-decreasing segment ids, key block j is relevant to query block i iff their segment
-    ranges overlap; the relevant blocks are contiguous, starting at ``first[i]``. The loop runs
-    max_i(span_i) times over all query blocks at once (fixed shapes; trip count on device).
+    Key block j is visited by query block i iff it lies in i's range from ``kernels.block_table``
+    (tight for non-decreasing ids, a superset otherwise). The loop runs max_i(span_i) times over
+    all query blocks at once (fixed shapes; trip count on device).
     """
     b, s, hq, d = q.shape
     hkv = k.shape[2]
@@ -124,11 +210,10 @@ def _blocked_forward(q, k, v, q_seg, kv_seg, scale):
     vb = v.reshape(b, nk, BLOCK, hkv, d)
     qs = q_seg.reshape(b, nq, BLOCK)
     ks = kv_seg.reshape(b, nk, BLOCK)
-    rel = ((ks.max(-1)[:, None, :] >= qs.min(-1)[:, :, None])
-           & (ks.min(-1)[:, None, :] <= qs.max(-1)[:, :, None]))  # [b, nq, nk]
-    first = jnp.argmax(rel, axis=-1)  # [b, nq]
-    span = rel.sum(-1)
-    trips = span.max()
+    # The kernels' bookkeeping: a contiguous range of key blocks per query block (exact for
+    # sorted ids, a superset otherwise, so any ids stay correct).
+    table = kv_ranges(q_seg, kv_seg, BLOCK, BLOCK, causal=False)
+    first, span, trips = table.start, table.count, table.max_count
 
     def body(t, carry):
         m, l, acc = carry  # m, l: [b, nq, hkv, g, BLOCK]; acc: [b, nq, BLOCK, hkv, g, d]
