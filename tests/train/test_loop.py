@@ -113,3 +113,16 @@ def test_cli_train_eval_plot(tmp_path, capsys):
     assert main(["train", RECIPE, "stepz=3"]) == 2
     assert "stepz" in capsys.readouterr().err
     assert main(["plot", str(tmp_path / "nothing")]) == 2
+
+
+def test_data_parallel_on_two_devices_then_resume_on_one(tmp_path):
+    """Two (fake CPU) devices, one packed group each; the checkpoint restores onto a 1-device mesh."""
+    two = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    first = subprocess.run(_cmd(tmp_path, "steps=2"), env=two, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 cpu device(s), batch 1 x 2 x 2 rows" in first.stdout
+    second = subprocess.run(_cmd(tmp_path, "steps=3"), env=_env(), capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "from the checkpoint of step 2" in second.stdout and "1 cpu device(s)" in second.stdout
+    losses = [x["loss"] for x in _lines(tmp_path / "demo")]
+    assert len(losses) == 3 and all(0 < x < 20 for x in losses)
