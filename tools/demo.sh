@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's demo command: creates its own virtual environment (.venv) on a fresh clone,
-# installs the package, and runs `qwen2vl-jax demo` (embedded default, no downloads).
+# installs the package, and runs `qwen2vl-jax demo`: trains a small VLM to read on CPU (no downloads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

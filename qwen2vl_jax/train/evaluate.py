@@ -135,7 +135,8 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
             correct += ok
             if len(examples) < show:
                 img = _open_image(r["images"][0], None) if r.get("images") else None
-                examples.append({"question": _text_of(r["messages"][0]["content"]), "answer": answer,
+                last_user = [m for m in r["messages"] if m["role"] == "user"][-1]
+                examples.append({"question": _text_of(last_user["content"]), "answer": answer,
                                  "reference": ref, "correct": ok,
                                  "image_size": None if img is None else img.size, "image": img})
     return EvalResult(loss=total / max(tokens, 1), exact_match=correct / max(len(good), 1),

@@ -20,7 +20,8 @@ import dataclasses
 import logging
 import os
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -104,7 +105,7 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
         f"batch {run.grad_accum} x {jax.device_count()} x {run.per_device_batch_size} rows x "
         f"{run.data.text_budget} tokens, steps {start} -> {run.steps}")
 
-    device_kind, peak = detect_peak_tflops(run.peak_tflops)
+    _, peak = detect_peak_tflops(run.peak_tflops)
     logger = MetricsLogger(run_dir, tensorboard={"auto": "auto", "true": True, "false": False}[run.tensorboard],
                            wandb=run.wandb, config=run.to_dict(), progress_total_steps=run.steps,
                            resume_step=start, active=main_process)
