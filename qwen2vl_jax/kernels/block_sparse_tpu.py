@@ -119,12 +119,10 @@ def _visit(start, count, row, t):
     return start[row] + jnp.minimum(t, jnp.maximum(count[row] - 1, 0))
 
 
-def forward(q, k, v, q_seg, kv_seg, table: BlockRanges, cfg: KernelConfig):
-    """Returns out [B, Hq, Sq, D] (q's dtype) and lse float32[B, Hq, Sq]."""
-    b, hq, sq, d = q.shape
-    g = hq // k.shape[1]
-    bq, bkv = cfg.block_q, cfg.block_kv
-    nq = sq // bq
+def _query_major_maps(g: int, nq: int):
+    """Index maps of the query-major grid (batch, head, query block, step): the query block stays,
+    the kv block (and its segment ids) walks the query block's range; GQA: head h reads kv head
+    h // g. Shared by the forward and the dQ kernels."""
 
     def q_map(bi, h, i, t, start, count):
         return bi, h, i, 0
@@ -134,6 +132,18 @@ def forward(q, k, v, q_seg, kv_seg, table: BlockRanges, cfg: KernelConfig):
 
     def kid_map(bi, h, i, t, start, count):
         return bi, 0, _visit(start, count, bi * nq + i, t)
+
+    return q_map, kv_map, kid_map
+
+
+def forward(q, k, v, q_seg, kv_seg, table: BlockRanges, cfg: KernelConfig):
+    """Returns out [B, Hq, Sq, D] (q's dtype) and lse float32[B, Hq, Sq]."""
+    b, hq, sq, d = q.shape
+    g = hq // k.shape[1]
+    bq, bkv = cfg.block_q, cfg.block_kv
+    nq = sq // bq
+
+    q_map, kv_map, kid_map = _query_major_maps(g, nq)
 
     grid_spec = pltpu.PrefetchScalarGridSpec(
         num_scalar_prefetch=2,
@@ -200,14 +210,7 @@ def backward_dq(q, k, v, do, lse, delta, q_seg, kv_seg, table: BlockRanges, cfg:
     bq, bkv = cfg.block_q, cfg.block_kv
     nq = sq // bq
 
-    def q_map(bi, h, i, t, start, count):
-        return bi, h, i, 0
-
-    def kv_map(bi, h, i, t, start, count):
-        return bi, lax.div(h, jnp.int32(g)), _visit(start, count, bi * nq + i, t), 0
-
-    def kid_map(bi, h, i, t, start, count):
-        return bi, 0, _visit(start, count, bi * nq + i, t)
+    q_map, kv_map, kid_map = _query_major_maps(g, nq)
 
     def col(x):  # float32[B, H, Sq] -> [B, H, Sq, 128], one value per sublane row
         return jnp.broadcast_to(x[..., None], (*x.shape, LANES))
