@@ -2,8 +2,9 @@
 
 A run either fine-tunes a checkpoint (``model.checkpoint``: HF or Orbax directory; its config,
 tokenizer and preprocessor come with it) or trains a preset from scratch (``model.preset``), in
-which case the special-token ids and the vocabulary size follow the tokenizer, so a small
-tokenizer (the demo's) gives a small embedding table.
+which case the special-token ids follow the tokenizer and the vocabulary grows to cover it when
+the preset's is smaller (the demo's tiny preset); a preset's larger, padded table (the released
+sizes) is kept.
 """
 
 from __future__ import annotations
@@ -94,8 +95,8 @@ def build_model_config(run: Any, processor: Any) -> ModelConfig:
     missing = [name for name, value in ids.items() if value is None]
     if missing:
         raise ValueError(f"tokenizer {run.tokenizer or m.checkpoint} lacks the Qwen special tokens for {missing}")
-    vocab = max(cfg.text.vocab_size if m.overrides.get("text", {}).get("vocab_size") else 0,
-                tok.vocab_size if hasattr(tok, "vocab_size") else 0, max(ids.values()) + 1)
+    # The embedding must cover the tokenizer; a preset's larger (padded) table is kept as it is.
+    vocab = max(cfg.text.vocab_size, tok.backend.get_vocab_size(with_added_tokens=True), max(ids.values()) + 1)
     text = dataclasses.replace(cfg.text, vocab_size=vocab)
     return cfg.replace(text=text, **ids, **runtime)
 
