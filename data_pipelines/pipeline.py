@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections import Counter
 from typing import Any
 
 import numpy as np
 
-from data_pipelines.preprocess import RecordPreprocessor
+from data_pipelines.preprocess import RecordPreprocessor, reason_key
 from data_pipelines.sources import open_source
 from qwen2vl_jax.packing import first_fit, pack
 
@@ -56,12 +55,6 @@ class DataConfig:
     min_pixels: int | None = None  # image processor overrides (None: the checkpoint's)
     max_pixels: int | None = None
     root: str | None = None  # folder relative image paths are resolved against
-
-
-def _reason_key(reason: str) -> str:
-    """Counter key of a skip reason: numbers and paths vary per record, the category does not."""
-    key = re.sub(r"\S*/\S*", "<path>", reason)
-    return re.sub(r"\d+", "#", key)[:120]
 
 
 class _IndexedPreprocess:
@@ -154,7 +147,7 @@ class PackedBatches:
             self._skip(index, out["error"])
 
     def _skip(self, index: int, reason: str) -> None:
-        self.skipped[_reason_key(reason)] += 1
+        self.skipped[reason_key(reason)] += 1
         if sum(self.skipped.values()) <= MAX_LOGGED_BAD_RECORDS:
             log.warning("skipping bad record %d: %s", index, reason)
 

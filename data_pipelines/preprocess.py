@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from qwen2vl_jax.packing import IGNORE_INDEX, Sample
 LABEL_MODES = ("assistant", "all_text")
 
 
-def _open_image(src: Any, root: str | None) -> Any:
+def open_image(src: Any, root: str | None) -> Any:
     """Bytes and paths become RGB-ready PIL images (EXIF orientation applied, like the reference's
     ``load_image``); PIL images and arrays pass through."""
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -38,8 +39,14 @@ def _open_image(src: Any, root: str | None) -> Any:
     if isinstance(src, (str, os.PathLike)):
         path = os.path.join(root, src) if root and not os.path.isabs(src) else src
         with open(path, "rb") as f:
-            return _open_image(f.read(), None)
+            return open_image(f.read(), None)
     return src
+
+
+def reason_key(reason: str) -> str:
+    """Counter key of a skip reason: numbers and paths vary per record, the category does not."""
+    key = re.sub(r"\S*/\S*", "<path>", reason)
+    return re.sub(r"\d+", "#", key)[:120]
 
 
 def reason_of(exc: BaseException) -> str:
@@ -78,7 +85,7 @@ class RecordPreprocessor:
         reasons = validate(record, self.root)
         if reasons:
             return {"error": "; ".join(reasons)}
-        images = [_open_image(x, self.root) for x in record.get("images") or []]
+        images = [open_image(x, self.root) for x in record.get("images") or []]
         videos = [os.path.join(self.root, v) if self.root and isinstance(v, str) and not os.path.isabs(v) else v
                   for v in record.get("videos") or []]
         out = self.processor.tokenize_for_training(record["messages"], images=images or None,

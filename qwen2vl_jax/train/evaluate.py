@@ -73,8 +73,7 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
              max_new_tokens: int, text_budget: int, patches_per_row: int, show: int = 0) -> EvalResult:
     from collections import Counter
 
-    from data_pipelines.pipeline import _reason_key
-    from data_pipelines.preprocess import RecordPreprocessor, _open_image
+    from data_pipelines.preprocess import RecordPreprocessor, open_image, reason_key
     from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
     from qwen2vl_jax.packing import first_fit, pack
 
@@ -86,7 +85,7 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
     for i in range(n):
         out = pre(records[i])
         if "error" in out:
-            skipped[_reason_key(out["error"])] += 1
+            skipped[reason_key(out["error"])] += 1
             continue
         samples.append(out["sample"])
         good.append(i)
@@ -124,7 +123,7 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
         for r in chunk:
             last = max(k for k, m in enumerate(r["messages"]) if m["role"] == "assistant")
             prompts.append(processor.apply_chat_template(r["messages"][:last], add_generation_prompt=True))
-            images.extend(_open_image(x, None) for x in r.get("images") or [])
+            images.extend(open_image(x, None) for x in r.get("images") or [])
             refs.append(_text_of(r["messages"][last]["content"]).strip())
         inputs = processor(text=prompts, images=images or None, padding=True)
         out = model.generate(**inputs, max_new_tokens=max_new_tokens)
@@ -134,7 +133,7 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
             ok = answer == ref
             correct += ok
             if len(examples) < show:
-                img = _open_image(r["images"][0], None) if r.get("images") else None
+                img = open_image(r["images"][0], None) if r.get("images") else None
                 last_user = [m for m in r["messages"] if m["role"] == "user"][-1]
                 examples.append({"question": _text_of(last_user["content"]), "answer": answer,
                                  "reference": ref, "correct": ok,
