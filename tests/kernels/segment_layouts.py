@@ -58,3 +58,13 @@ def weighted_sum(out):
     # the eager one, which alone moved dV by 1e-5).
     w = np.cos(np.arange(out.shape[1])[:, None, None] * 0.37 + np.arange(out.shape[-1]) * 0.11)
     return (out.astype(jnp.float32) * jnp.asarray(w, jnp.float32)).sum()
+
+
+def packed_rows(lengths_per_row, total: int) -> jnp.ndarray:
+    """The packed decoder-training layout: per row, samples with segment ids 1..k (lengths as
+    given) followed by padding with id 0 up to ``total``. Ids are not sorted (0 comes last)."""
+    rows = np.zeros((len(lengths_per_row), total), np.int32)
+    for row, lengths in zip(rows, lengths_per_row):
+        assert sum(lengths) <= total, (lengths, total)
+        row[:sum(lengths)] = np.repeat(np.arange(1, len(lengths) + 1), lengths)
+    return jnp.asarray(rows)

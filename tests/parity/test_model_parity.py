@@ -6,7 +6,9 @@ M-RoPE position ids / rope deltas exactly equal. bf16: see test_bf16_parity for 
 
 import numpy as np
 import pytest
+import safetensors
 import torch
+from flax import nnx
 
 from qwen2vl_jax import Qwen2VLForConditionalGeneration
 from qwen2vl_jax.testing.hf_oracle import CASES, HFModel, build_hf_model, case_inputs, hf_forward, max_diff
@@ -20,8 +22,20 @@ def models(request, tmp_path_factory):
     hf = build_hf_model(seed=1 if tie else 2, tie=tie)
     path = tmp_path_factory.mktemp(f"hf_{request.param}")
     hf.save_pretrained(path)
-    assert ("lm_head.weight" in dict(hf.named_parameters())) == (not tie) or tie
-    return hf, Qwen2VLForConditionalGeneration.from_pretrained(path, dtype="float32"), path
+    # What transformers' save_pretrained wrote: a tied lm_head is dropped (it is embed_tokens),
+    # an untied one is stored.
+    with safetensors.safe_open(path / "model.safetensors", "np") as f:
+        stored = set(f.keys())
+        assert "model.embed_tokens.weight" in stored
+        assert ("lm_head.weight" in stored) == (not tie), sorted(k for k in stored if "lm_head" in k)
+        lm_head = None if tie else f.get_tensor("lm_head.weight")
+    ours = Qwen2VLForConditionalGeneration.from_pretrained(path, dtype="float32")
+    assert ours.config.text.tie_word_embeddings == tie
+    params = nnx.to_pure_dict(ours.params)
+    assert ("lm_head" in params) == (not tie), sorted(params)
+    if not tie:  # ours is [hidden, vocab], transformers' Linear weight [vocab, hidden]
+        np.testing.assert_array_equal(np.asarray(params["lm_head"]), lm_head.T)
+    return hf, ours, path
 
 
 @pytest.mark.parametrize("case", list(CASES))
