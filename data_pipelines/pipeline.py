@@ -8,7 +8,7 @@ first-fit packing -> microbatches of fixed shape. Host numpy out; the loop does 
     it = ds.to_iter_dataset().mp_prefetch(num_workers)             # preprocessing off the main process
 
 ``PackedBatches`` then draws samples until a group's text or patch budget is covered, first-fit
-packs them (``qwen2vl_jax.packing``), carries the samples that did not fit to the next group, and
+packs them (``qwen2vl_jax.layout.packing``), carries the samples that did not fit to the next group, and
 stacks ``groups`` groups (one per local device) x ``grad_accum`` microbatches into one step's
 batch ``[A, G, rows, ...]``.
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from data_pipelines.preprocess import RecordPreprocessor, reason_key
 from data_pipelines.sources import open_source
-from qwen2vl_jax.packing import first_fit, pack
+from qwen2vl_jax.layout.packing import first_fit, pack
 
 log = logging.getLogger(__name__)
 MAX_LOGGED_BAD_RECORDS = 20

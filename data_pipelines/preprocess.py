@@ -23,7 +23,7 @@ import PIL.Image
 import PIL.ImageOps
 
 from data_pipelines.formats import validate
-from qwen2vl_jax.packing import IGNORE_INDEX, Sample
+from qwen2vl_jax.layout.packing import IGNORE_INDEX, Sample
 
 LABEL_MODES = ("assistant", "all_text")
 

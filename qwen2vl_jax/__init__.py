@@ -4,7 +4,7 @@ The model (``Qwen2VLForConditionalGeneration``) and the input processing (``Qwen
 image / video processors, tokenizer, chat template) are importable without torch, grain or tfds.
 """
 
-from qwen2vl_jax.config import ModelConfig, TextConfig, VisionConfig, get_preset
+from qwen2vl_jax.config import BucketConfig, ModelConfig, RuntimeConfig, TextConfig, VisionConfig, get_preset
 from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration, Qwen2VLOutput
 from qwen2vl_jax.model import Qwen2VL, count_params
 from qwen2vl_jax.processing import (
@@ -17,6 +17,7 @@ from qwen2vl_jax.processing import (
 )
 
 __all__ = [
+    "BucketConfig",
     "ModelConfig",
     "Qwen2VL",
     "Qwen2VLForConditionalGeneration",
@@ -25,6 +26,7 @@ __all__ = [
     "Qwen2VLProcessor",
     "Qwen2VLTokenizer",
     "Qwen2VLVideoProcessor",
+    "RuntimeConfig",
     "TextConfig",
     "VisionConfig",
     "apply_chat_template",

@@ -49,7 +49,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from qwen2vl_jax.convert import hf_to_orbax, orbax_to_hf
+    from qwen2vl_jax.checkpoint.convert import hf_to_orbax, orbax_to_hf
 
     if args.hf:
         if not args.out:
@@ -114,7 +114,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = processor(text=[text], images=args.image or None, videos=args.video or None, return_tensors="np")
     tok = processor.tokenizer
-    eos_ids = set(model._generation_settings({}).eos_token_id)
+    eos_ids = set(model.generation_settings().eos_token_id)
     pieces: list[int] = []
     printed = ""
 
@@ -152,10 +152,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     if args.inference:
-        from qwen2vl_jax.demo_inference import run as run_inference
+        from qwen2vl_jax.demo.inference import run as run_inference
 
         return run_inference(args.workdir)
-    from qwen2vl_jax.demo import run
+    from qwen2vl_jax.demo.training import run
 
     return run(args.overrides, args.workdir)
 

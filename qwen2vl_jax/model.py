@@ -2,7 +2,8 @@
 
 The module consumes the host-prepared batch of ``layout.prepare_model_inputs`` (fixed shapes;
 no Python data-dependent control flow), so the same code runs eagerly, under ``jax.jit`` and,
-split into ``(graphdef, params)``, inside pure train/serve steps (``forward``).
+split into ``(graphdef, params)``, inside pure train/serve steps (``forward``). Generation calls
+the same ``__call__`` with a ``KVCache``: prefill with the prompt batch, decode with one token.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from qwen2vl_jax.config import ModelConfig
+from qwen2vl_jax.config import ModelConfig, RuntimeConfig
+from qwen2vl_jax.generation.cache import KVCache
 from qwen2vl_jax.nn.decoder import Decoder
 from qwen2vl_jax.nn.params import make_param, normal_init
 from qwen2vl_jax.nn.vision import VisionTower
@@ -22,44 +24,53 @@ from qwen2vl_jax.ops.vision_scatter import scatter_vision_tokens
 
 
 class Qwen2VL(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, runtime: RuntimeConfig | None = None, *, rngs: nnx.Rngs):
+        runtime = runtime or RuntimeConfig()
         t = cfg.text
-        self.cfg = cfg
-        self.embed_tokens = make_param(rngs, normal_init, (t.vocab_size, t.hidden_size),
-                                       ("vocab", "embed"), cfg.param_dtype)
-        self.visual = VisionTower(cfg, rngs=rngs)
-        self.decoder = Decoder(cfg, rngs=rngs)
+        self.text = t
+        self.dtype = jnp.dtype(runtime.dtype)
+        pd = runtime.param_dtype
+        self.embed_tokens = make_param(rngs, normal_init, (t.vocab_size, t.hidden_size), ("vocab", "embed"), pd)
+        self.visual = VisionTower(cfg.vision, runtime, rngs=rngs)
+        self.decoder = Decoder(t, runtime, rngs=rngs)
         if not t.tie_word_embeddings:
-            self.lm_head = make_param(rngs, normal_init, (t.hidden_size, t.vocab_size),
-                                      ("embed", "vocab"), cfg.param_dtype)
+            self.lm_head = make_param(rngs, normal_init, (t.hidden_size, t.vocab_size), ("embed", "vocab"), pd)
 
     def embed(self, batch: dict[str, Any]) -> jax.Array:
         """Token embeddings with the merged vision tokens scattered into their slots: [B, S, D]."""
-        dt = jnp.dtype(self.cfg.dtype)
-        x = jnp.take(self.embed_tokens[...].astype(dt), batch["input_ids"], axis=0)
+        x = jnp.take(self.embed_tokens[...].astype(self.dtype), batch["input_ids"], axis=0)
         if batch.get("pixel_values") is not None:
             feats = self.visual(batch["pixel_values"], batch["vision_pos"], batch["vision_segment_ids"])
             x = scatter_vision_tokens(x, feats, batch["scatter_index"])
         return x
 
+    def rotary(self, position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """cos/sin [B, S, head_dim] of the decoder's position encoding for int[3, B, S] ids."""
+        t = self.text
+        return mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section, self.dtype)
+
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
-        """lm_head with fp32 accumulation; logits are returned in float32 (spec §10.15)."""
-        dt = jnp.dtype(self.cfg.dtype)
-        if self.cfg.text.tie_word_embeddings:
-            return jnp.einsum("bsd,vd->bsv", h, self.embed_tokens[...].astype(dt),
+        """lm_head with fp32 accumulation; logits are float32 (transformers 4.45's
+        ``logits.float()``; later versions return the model dtype unless computing a loss)."""
+        if self.text.tie_word_embeddings:
+            return jnp.einsum("bsd,vd->bsv", h, self.embed_tokens[...].astype(self.dtype),
                               preferred_element_type=jnp.float32)
-        return jnp.einsum("bsd,dv->bsv", h, self.lm_head[...].astype(dt),
+        return jnp.einsum("bsd,dv->bsv", h, self.lm_head[...].astype(self.dtype),
                           preferred_element_type=jnp.float32)
 
-    def __call__(self, batch: dict[str, Any], *, collect: bool = False) -> dict[str, jax.Array]:
-        """Returns ``logits`` float32[B, S, V]; with ``collect`` also ``inputs_embeds``,
-        ``layer_outputs`` [L, B, S, D] (before the final norm) and ``last_hidden_state``."""
-        t = self.cfg.text
+    def __call__(self, batch: dict[str, Any], *, cache: KVCache | None = None, collect: bool = False,
+                 last_only: bool = False) -> dict[str, Any]:
+        """Returns ``logits`` float32[B, S, V] (``[B, 1, V]`` of the last position with
+        ``last_only``); with ``cache``, the updated ``cache``; with ``collect`` also
+        ``inputs_embeds``, ``layer_outputs`` [L, B, S, D] (before the final norm) and
+        ``last_hidden_state``."""
         x = self.embed(batch)
-        cos, sin = mrope_cos_sin(batch["position_ids"], t.head_dim, t.rope_theta, t.mrope_section, x.dtype)
+        cos, sin = self.rotary(batch["position_ids"])
         with jax.named_scope("decoder"):
-            h, per_layer = self.decoder(x, cos, sin, batch["segment_ids"], collect=collect)
-        out = {"logits": self.logits_from_hidden(h)}
+            h, per_layer, cache = self.decoder(x, cos, sin, batch["segment_ids"], cache=cache, collect=collect)
+        out: dict[str, Any] = {"logits": self.logits_from_hidden(h[:, -1:] if last_only else h)}
+        if cache is not None:
+            out["cache"] = cache
         if collect:
             out.update(inputs_embeds=x, layer_outputs=per_layer, last_hidden_state=h)
         return out
@@ -71,9 +82,9 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, Any]) ->
     return model(batch)["logits"]
 
 
-def abstract_model(cfg: ModelConfig) -> Qwen2VL:
+def abstract_model(cfg: ModelConfig, runtime: RuntimeConfig | None = None) -> Qwen2VL:
     """The model with ShapeDtypeStruct leaves: no memory, any size (jax.eval_shape)."""
-    return nnx.eval_shape(lambda: Qwen2VL(cfg, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: Qwen2VL(cfg, runtime, rngs=nnx.Rngs(0)))
 
 
 def count_params(cfg: ModelConfig) -> int:

@@ -1,11 +1,15 @@
-"""The inference benchmark (qwen2vl_jax/bench.py, tools/bench_inference.py) runs end to end."""
+"""The inference benchmark (qwen2vl_jax/bench/, tools/bench_inference.py) runs end to end."""
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
 from qwen2vl_jax.bench import main
+from qwen2vl_jax.bench.report import Row, format_table
 
 HAVE_HF = importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
@@ -59,3 +63,23 @@ def test_gpu_mode_refuses_cpu_and_unknown_bandwidth(capsys):
     assert "--allow-cpu" in capsys.readouterr().err
     assert main(["--gpu", "--allow-cpu", "--preset", "tiny"]) == 2
     assert "--hbm-gbps" in capsys.readouterr().err
+    assert main(["--gpu", "--allow-cpu", "--preset", "tiny", "--hbm-gbps", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+
+
+def test_ratio_is_our_speedup():
+    assert Row("x", 1, 2.0, 6.0, "ms").ratio == 3.0 and Row("x", 1, 30.0, 10.0, "tok/s").ratio == 3.0
+    assert Row("x", 1, 2.0, None, "ms").ratio is None
+    table = format_table([Row("m", 8, 2.0, 6.0, "ms"), Row("d", 8, 1.0, None, "tok/s")])
+    assert "m [ms]" in table and "3.00x" in table and table.splitlines()[-1].split()[-2:] == ["-", "-"]
+
+
+def test_importing_the_package_and_cli_loads_no_torch():
+    code = ("import sys\n"
+            "import qwen2vl_jax, qwen2vl_jax.bench, qwen2vl_jax.cli\n"
+            "qwen2vl_jax.cli.build_parser()\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))\n")
+    res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip().splitlines()[-1] == "[]"

@@ -1,19 +1,15 @@
 """Fixed-shape buckets: padding never changes a real token, and sizes in one bucket share one
-compiled program (counted with jax.monitoring)."""
+compiled program (counted with qwen2vl_jax.perf.compile_count)."""
 
-import jax
 import numpy as np
 import pytest
 
 from qwen2vl_jax import Qwen2VLForConditionalGeneration, get_preset
-from qwen2vl_jax.config import BucketConfig
+from qwen2vl_jax.config import BucketConfig, RuntimeConfig
 from qwen2vl_jax.layout import bucket_model_inputs, choose_bucket, prepare_model_inputs
+from qwen2vl_jax.perf.compile_count import CompileCounter
 
 CFG = get_preset("tiny")
-BACKEND_COMPILES: list[str] = []
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, secs, **kw: BACKEND_COMPILES.append(name) if name == "/jax/core/compile/backend_compile_duration" else None
-)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +51,7 @@ def test_bucketed_logits_equal_unbucketed(model, sizes):
     input_ids[1, s - vids.shape[1]:], mask[1, s - vids.shape[1]:] = vids[0], 1
     batch = prepare_model_inputs(CFG, input_ids, mask, pix, grid, vpix, [[3, 2, 4]])
     exact = model._forward_fn(False)(model.params, {k: v for k, v in batch.items() if k != "rope_deltas"})["logits"]
-    bucketed = bucket_model_inputs(CFG, batch, **sizes)
+    bucketed = bucket_model_inputs(CFG, BucketConfig(), batch, **sizes)
     S = bucketed["input_ids"].shape[1]
     assert S >= 128 and bucketed["pixel_values"].shape[0] >= 256
     padded = model._forward_fn(False)(model.params, {k: v for k, v in bucketed.items() if k != "rope_deltas"})["logits"]
@@ -71,7 +67,7 @@ def test_bucketed_logits_equal_unbucketed(model, sizes):
 def test_padding_patches_have_their_own_segment():
     rng = np.random.default_rng(1)
     ids, pix, grid = _image_prompt(rng, [(2, 2, 4)])
-    batch = bucket_model_inputs(CFG, prepare_model_inputs(CFG, ids, None, pix, grid))
+    batch = bucket_model_inputs(CFG, BucketConfig(), prepare_model_inputs(CFG, ids, None, pix, grid))
     seg = batch["vision_segment_ids"]
     assert seg[:16].tolist() == [0] * 8 + [1] * 8 and set(seg[16:].tolist()) == {2}
 
@@ -82,24 +78,24 @@ def test_image_sizes_in_one_bucket_compile_once(model):
     ids, pix, grid = _image_prompt(rng, grids[0])
     model(ids, pixel_values=pix, image_grid_thw=grid)  # compile the bucket (and warm up helpers)
     model.generate(ids, pixel_values=pix, image_grid_thw=grid, max_new_tokens=4)
-    before = len(BACKEND_COMPILES)
-    for g in grids[1:]:
-        ids, pix, grid = _image_prompt(rng, g)
-        model(ids, pixel_values=pix, image_grid_thw=grid)
-        model.generate(ids, pixel_values=pix, image_grid_thw=grid, max_new_tokens=4)
-    assert len(BACKEND_COMPILES) - before == 0, BACKEND_COMPILES[before:]
+    with CompileCounter() as compiles:
+        for g in grids[1:]:
+            ids, pix, grid = _image_prompt(rng, g)
+            model(ids, pixel_values=pix, image_grid_thw=grid)
+            model.generate(ids, pixel_values=pix, image_grid_thw=grid, max_new_tokens=4)
+    assert compiles.backend_compiles == 0
 
 
 def test_compile_counter_sees_a_new_bucket(model):
     # The counter must be able to fail: a prompt in a bigger text bucket is a new program.
-    before = len(BACKEND_COMPILES)
-    model(np.full((1, 300), 7))
-    assert len(BACKEND_COMPILES) > before
+    with CompileCounter() as compiles:
+        model(np.full((1, 300), 7))
+    assert compiles.backend_compiles > 0 and compiles.backend_s > 0
 
 
 def test_too_large_for_every_bucket_is_a_clear_error():
-    cfg = CFG.replace(buckets=BucketConfig(patch_buckets=(256,), text_buckets=(128,)))
-    m = Qwen2VLForConditionalGeneration(cfg, seed=0)
+    runtime = RuntimeConfig(buckets=BucketConfig(patch_buckets=(256,), text_buckets=(128,)))
+    m = Qwen2VLForConditionalGeneration(CFG, runtime=runtime, seed=0)
     with pytest.raises(ValueError, match="text length of 200 exceeds the largest configured bucket"):
         m(np.full((1, 200), 7))
     ids, pix, grid = _image_prompt(np.random.default_rng(3), [(1, 20, 20)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qwen2vl_jax import Qwen2VLForConditionalGeneration, get_preset
-from qwen2vl_jax.generate import process_logits
+from qwen2vl_jax.generation.sampling import process_logits
 
 CFG = get_preset("tiny")
 PROMPT = np.array([[0, 0, 9, 10, 11], [12, 13, 14, 15, 16]])
@@ -82,14 +82,14 @@ def test_process_logits_matches_transformers_rules():
 def test_defaults_come_from_generation_config(tmp_path):
     m = Qwen2VLForConditionalGeneration(CFG, seed=0, generation_config={"eos_token_id": [3, 4], "pad_token_id": 5,
                                                                         "max_new_tokens": 7})
-    s = m._generation_settings({})
+    s = m.generation_settings()
     assert (s.eos_token_id, s.pad_token_id, s.max_new_tokens) == ((3, 4), 5, 7)
-    s = m._generation_settings({"eos_token_id": 9, "max_new_tokens": 2})  # explicit arguments win
+    s = m.generation_settings(eos_token_id=9, max_new_tokens=2)  # explicit arguments win
     assert (s.eos_token_id, s.max_new_tokens) == ((9,), 2)
     m.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "generation_config.json").read_text())["pad_token_id"] == 5
     assert Qwen2VLForConditionalGeneration.from_pretrained(tmp_path).generation_config["eos_token_id"] == [3, 4]
-    plain = Qwen2VLForConditionalGeneration(CFG, seed=0)._generation_settings({})
+    plain = Qwen2VLForConditionalGeneration(CFG, seed=0).generation_settings()
     assert (plain.eos_token_id, plain.pad_token_id, plain.max_new_tokens, plain.top_k) == ((1,), 2, 20, 50)
 
 

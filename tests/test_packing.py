@@ -7,8 +7,8 @@ from flax import nnx
 
 from qwen2vl_jax import get_preset
 from qwen2vl_jax.layout import prepare_model_inputs
+from qwen2vl_jax.layout.packing import Sample, first_fit, pack
 from qwen2vl_jax.model import Qwen2VL
-from qwen2vl_jax.packing import Sample, first_fit, pack
 from qwen2vl_jax.train.loss import next_token_loss_sum
 
 CFG = get_preset("tiny")

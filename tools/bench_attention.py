@@ -1,5 +1,5 @@
-"""Attention benchmark for issue 6: blocks visited by our block-sparse kernel, and (on a GPU or
-TPU) measured forward/backward TFLOP/s of every implementation.
+"""Attention benchmark: blocks visited by our block-sparse kernel, and (on a GPU or TPU)
+measured forward/backward TFLOP/s of every implementation.
 
     python tools/bench_attention.py --blocks-only        # any machine, a second: the block table
     python tools/bench_attention.py                      # GPU/TPU: + timings (cuDNN on GPU)
@@ -10,15 +10,13 @@ text heads (12 query / 2 kv heads, head_dim 128), causal.
 
 "Effective" TFLOP/s count only the work the segment mask keeps (block-diagonal, and causal
 triangles for (c)): 4*D*H per kept (query, key) pair forward, 2.5x that backward. The cuDNN
-reference on a GPU is its dense kernel on ONE 1,024-patch image (the issue's target compares
-our kernel on (a) with it).
+reference on a GPU is its dense kernel on ONE 1,024-patch image (the target: our kernel on (a)
+against it).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from typing import NamedTuple
 
 import jax
@@ -27,6 +25,7 @@ import numpy as np
 
 from qwen2vl_jax.kernels.block_table import kv_ranges
 from qwen2vl_jax.ops.attention import attention
+from qwen2vl_jax.perf.timing import alternate, median
 
 # Patch counts of square images (even sides: the 2x2 merge), in a mixed order; sum = 16,384.
 MIXED_SIZES = (1024, 4096, 196, 2304, 576, 1600, 36, 2916, 400, 1296, 256, 784, 900)
@@ -99,13 +98,13 @@ def print_blocks(block: int) -> None:
 
 
 def _time(fn, *args, iters: int) -> float:
-    jax.block_until_ready(fn(*args))  # compile + warm up
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``iters`` calls after a compiling warm-up call. No settling pause: one
+    device kernel after another, nothing else runs on the host between them."""
+    def call():
+        return jax.block_until_ready(fn(*args))
+
+    call()  # compile + warm up
+    return median(alternate({"fn": call}, iters, settle_s=0.0)["fn"])
 
 
 def _inputs(b, s, hq, hkv, d, dtype):
@@ -142,7 +141,7 @@ def time_impls(shape: Shape, impls: list[str], dtype, iters: int) -> None:
 
 
 def time_cudnn_one_image(dtype, iters: int) -> None:
-    """The issue's reference: cuDNN's dense kernel on one 1,024-patch image, 16 heads, D=80."""
+    """The reference: cuDNN's dense kernel on one 1,024-patch image, 16 heads, D=80."""
     q, k, v = _inputs(1, 1024, 16, 16, 80, dtype)
     flops = 4 * 80 * 16 * 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""Inference benchmark (issue 4 item 4): see qwen2vl_jax/bench.py or run with --help."""
+"""Inference benchmark: see the qwen2vl_jax.bench package docstring, or run with --help."""
 import sys
 
 from qwen2vl_jax.bench import main

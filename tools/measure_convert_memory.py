@@ -29,12 +29,12 @@ import numpy as np
 def write_random_checkpoint(preset: str, out: Path, shard_bytes: int = 2 * 2**30) -> int:
     from flax import nnx
 
-    from qwen2vl_jax.config import get_preset
+    from qwen2vl_jax.checkpoint.safetensors_io import SAFE_INDEX, _hf_layout, _write_safetensors
+    from qwen2vl_jax.config import RuntimeConfig, get_preset
     from qwen2vl_jax.model import abstract_model
-    from qwen2vl_jax.safetensors_io import SAFE_INDEX, _hf_layout, _write_safetensors
 
-    cfg = get_preset(preset, dtype="bfloat16", param_dtype="bfloat16")
-    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
+    cfg = get_preset(preset)
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg, RuntimeConfig(param_dtype="bfloat16")), nnx.Param))
     layout = _hf_layout(cfg, abstract, np.dtype(ml_dtypes.bfloat16))
     shards, size = [[]], 0
     for entry in layout:
@@ -60,7 +60,7 @@ def write_random_checkpoint(preset: str, out: Path, shard_bytes: int = 2 * 2**30
         json.dump({"metadata": {"total_size": total},
                    "weight_map": {e[0]: n for s, n in zip(shards, names) for e in s}}, f)
     with open(out / "config.json", "w") as f:
-        json.dump(cfg.to_hf_dict(), f, indent=2)
+        json.dump(cfg.to_hf_dict("bfloat16"), f, indent=2)
     return total
 
 

@@ -11,8 +11,20 @@ from typing import Any
 
 import numpy as np
 
-from qwen2vl_jax.bench.inputs import (BOS, CONFIGS, EOS, FIRST_TEXT_ID, IMAGE, LAYOUTS, PAD, VIDEO,
-                                      VISION_END, VISION_START, describe_inputs, make_inputs)
+from qwen2vl_jax.bench.inputs import (
+    BOS,
+    CONFIGS,
+    EOS,
+    FIRST_TEXT_ID,
+    IMAGE,
+    LAYOUTS,
+    PAD,
+    VIDEO,
+    VISION_END,
+    VISION_START,
+    describe_inputs,
+    make_inputs,
+)
 from qwen2vl_jax.bench.report import Row, format_table
 from qwen2vl_jax.perf.compile_count import CompileCounter
 from qwen2vl_jax.perf.timing import alternate, median, spread

@@ -18,10 +18,10 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
-from qwen2vl_jax.config import ModelConfig, RuntimeConfig
-from qwen2vl_jax.model import abstract_model
 from qwen2vl_jax.checkpoint.native import is_native_checkpoint, load_native, save_native
 from qwen2vl_jax.checkpoint.safetensors_io import load_hf_weights, save_hf_weights, stored_dtype
+from qwen2vl_jax.config import ModelConfig, RuntimeConfig
+from qwen2vl_jax.model import abstract_model
 
 # Everything a checkpoint directory holds besides weights and config.json: carried over by
 # conversion so the result is as usable (generate, processor) as the source.

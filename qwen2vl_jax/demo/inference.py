@@ -29,8 +29,8 @@ def _picture() -> Image.Image:
 
 def run(workdir: str | None = None) -> int:
     from qwen2vl_jax import Qwen2VLForConditionalGeneration, Qwen2VLProcessor, count_params, get_preset
-    from qwen2vl_jax.config import BucketConfig
     from qwen2vl_jax.checkpoint.convert import hf_to_orbax, orbax_to_hf
+    from qwen2vl_jax.config import BucketConfig
     from qwen2vl_jax.testing.tiny_checkpoint import write_tiny_checkpoint
 
     work = Path(workdir or tempfile.mkdtemp(prefix="qwen2vl_demo_"))

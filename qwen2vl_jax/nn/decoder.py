@@ -1,4 +1,11 @@
-"""Qwen2 text decoder with M-RoPE (spec §3): RMSNorm, GQA with q/k/v bias, SwiGLU."""
+"""Qwen2 text decoder with M-RoPE (transformers ``Qwen2VLTextModel``): RMSNorm, GQA with q/k/v
+bias, SwiGLU, stacked layers run with a scan.
+
+One code path serves training, a full forward, prefill and decode: without a cache a layer
+attends within its chunk (causal, same segment); with a ``KVCache`` it writes its post-rotary
+keys/values at the cache's slot and a decode step attends to every valid slot. A new layer type
+or position scheme is written here once and generation gets it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from qwen2vl_jax.config import ModelConfig
+from qwen2vl_jax.config import RuntimeConfig, TextConfig
+from qwen2vl_jax.generation.cache import KVCache
 from qwen2vl_jax.nn.norms import RMSNorm
 from qwen2vl_jax.nn.params import dense, make_param, normal_init, zeros_init
 from qwen2vl_jax.nn.stacked import create_stacked, scan_layers
@@ -15,11 +23,11 @@ from qwen2vl_jax.ops.rope import apply_rotary
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        t = cfg.text
-        pd = cfg.param_dtype
+    def __init__(self, t: TextConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
+        pd = runtime.param_dtype
         d, h, kv, hd, i = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim, t.intermediate_size
-        self.cfg = cfg
+        self.dtype = jnp.dtype(runtime.dtype)
+        self.attention_impl = runtime.text_attention_impl
         self.input_norm = RMSNorm(d, t.rms_norm_eps, "embed", param_dtype=pd, rngs=rngs)
         self.post_attention_norm = RMSNorm(d, t.rms_norm_eps, "embed", param_dtype=pd, rngs=rngs)
         self.q_kernel = make_param(rngs, normal_init, (d, h, hd), ("embed", "heads", "head_dim"), pd)
@@ -35,46 +43,70 @@ class DecoderLayer(nnx.Module):
 
     def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
         """x: [B, S, D] -> rotated q [B, S, H, hd], rotated k and v [B, S, KV, hd]."""
-        dt = jnp.dtype(self.cfg.dtype)
+        dt = self.dtype
         h = self.input_norm(x)
         q = dense(h, self.q_kernel[...], self.q_bias[...], "bsd,dhk->bshk", dt)
         k = dense(h, self.k_kernel[...], self.k_bias[...], "bsd,dhk->bshk", dt)
         v = dense(h, self.v_kernel[...], self.v_bias[...], "bsd,dhk->bshk", dt)
-        # Text rotary runs in the activation dtype (not upcast), spec §3.2 / §10.1. The KV cache
-        # stores post-rotary keys, as the reference does (spec §6).
+        # Text rotary runs in the activation dtype, not upcast (transformers'
+        # apply_multimodal_rotary_pos_emb multiplies bf16 q by bf16 cos); see docs/numerics.md.
         c, s = cos[:, :, None, :], sin[:, :, None, :]
         return apply_rotary(q, c, s), apply_rotary(k, c, s), v
 
-    def finish(self, x: jax.Array, attn_out: jax.Array) -> jax.Array:
-        """Residual after attention, then the SwiGLU MLP block."""
-        dt = jnp.dtype(self.cfg.dtype)
-        x = x + dense(attn_out, self.o_kernel[...], None, "bshk,hkd->bsd", dt)
+    def mlp(self, x: jax.Array) -> jax.Array:
+        """The SwiGLU MLP block with its residual."""
+        dt = self.dtype
         with jax.named_scope("mlp"):
             h = self.post_attention_norm(x)
             gate = dense(h, self.gate_kernel[...], None, "bsd,dm->bsm", dt)
             up = dense(h, self.up_kernel[...], None, "bsd,dm->bsm", dt)
             return x + dense(jax.nn.silu(gate) * up, self.down_kernel[...], None, "bsm,md->bsd", dt)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """x: [B, S, D]; cos/sin: [B, S, head_dim] in the compute dtype; segment_ids: int32[B, S]."""
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
+                 cache: KVCache | None = None, layer: jax.Array | None = None
+                 ) -> tuple[jax.Array, KVCache | None]:
+        """x: [B, S, D]; cos/sin: [B, S, head_dim] in the compute dtype; segment_ids: int32[B, S].
+        With ``cache``, this is layer number ``layer`` of the stack: its keys/values are stored."""
         with jax.named_scope("attention"):
             q, k, v = self.project_qkv(x, cos, sin)
-            o = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
-                          causal=True, impl=self.cfg.text_attention_impl)
-        return self.finish(x, o)
+            if cache is not None:
+                cache = cache.write(layer, k, v)
+            if cache is None or cache.fresh:  # the chunk attends to itself (causal, same segment)
+                o = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
+                              causal=True, impl=self.attention_impl)
+            else:  # new tokens attend to every valid slot (unwritten slots have segment 0)
+                keys, values = cache.read(layer)
+                o = attention(q, keys, values, q_segment_ids=segment_ids, kv_segment_ids=cache.segment_ids,
+                              causal=False, impl=self.attention_impl)
+            x = x + dense(o, self.o_kernel[...], None, "bshk,hkd->bsd", self.dtype)
+        return self.mlp(x), cache
 
 
 class Decoder(nnx.Module):
     """Stacked decoder layers + final RMSNorm (embeddings and lm_head live in model.py)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.layers = create_stacked(lambda r: DecoderLayer(cfg, rngs=r), cfg.text.num_hidden_layers, rngs)
-        self.norm = RMSNorm(cfg.text.hidden_size, cfg.text.rms_norm_eps, "embed",
-                            param_dtype=cfg.param_dtype, rngs=rngs)
+    def __init__(self, t: TextConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
+        self.num_layers = t.num_hidden_layers
+        self.remat = runtime.remat
+        self.layers = create_stacked(lambda r: DecoderLayer(t, runtime, rngs=r), t.num_hidden_layers, rngs)
+        self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, "embed", param_dtype=runtime.param_dtype, rngs=rngs)
 
-    def __call__(self, x, cos, sin, segment_ids, *, collect: bool = False):
-        """Returns (normed final hidden [B, S, D], per-layer outputs [L, B, S, D] or None)."""
-        x, per_layer = scan_layers(self.layers, x, cos, sin, segment_ids,
-                                   remat=self.cfg.remat, collect=collect)
-        return self.norm(x), per_layer
+    def __call__(self, x, cos, sin, segment_ids, *, cache: KVCache | None = None, collect: bool = False):
+        """Returns (normed final hidden [B, S, D], per-layer outputs [L, B, S, D] if ``collect``
+        else None, the updated cache or None)."""
+        if cache is None:
+            def run(layer, h, _):
+                h, _ = layer(h, cos, sin, segment_ids)
+                return h, (h if collect else None)
+
+            x, per_layer = scan_layers(self.layers, run, x, remat=self.remat)
+            return self.norm(x), per_layer, None
+
+        def run_cached(layer, carry, index):
+            h, c = layer(carry[0], cos, sin, segment_ids, carry[1], index)
+            return (h, c), (h if collect else None)
+
+        cache = cache.with_chunk_segments(segment_ids)
+        (x, cache), per_layer = scan_layers(self.layers, run_cached, (x, cache),
+                                            jnp.arange(self.num_layers), remat=self.remat)
+        return self.norm(x), per_layer, cache.advance(x.shape[1])

@@ -7,15 +7,12 @@ per-layer logical names with a leading ``layers`` axis (replicated by the shardi
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax import nnx
 
-_REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+from qwen2vl_jax.nn.remat import remat as with_remat
 
 
 def create_stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int,
@@ -30,21 +27,18 @@ def create_stacked(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int
     return create(rngs)
 
 
-def scan_layers(layers: nnx.Module, x: jax.Array, *args, remat: str = "none",
-                collect: bool = False):
-    """Run ``x = layer(x, *args)`` for every layer of a stacked module.
+def scan_layers(layers: nnx.Module, fn: Callable[[nnx.Module, Any, Any], tuple[Any, Any]], carry: Any,
+                xs: Any = None, *, remat: str = "none") -> tuple[Any, Any]:
+    """``carry, y = fn(layer, carry, x)`` for every layer of a stacked module, in order, where
+    ``x`` is the layer's slice of the pytree ``xs`` (None when ``xs`` is None).
 
-    Returns the final ``x`` and, if ``collect``, the stacked per-layer outputs ``[L, ...]``.
+    Returns the final carry and the per-layer ``y`` stacked along a leading axis, like
+    ``lax.scan``. ``remat`` names the rematerialisation policy of one layer (``nn/remat.py``).
     """
-    if remat not in _REMAT_POLICIES:
-        raise ValueError(f"remat {remat!r} unknown; choose one of {sorted(_REMAT_POLICIES)}")
     graphdef, state = nnx.split(layers)
 
-    def body(carry, layer_state):
-        layer = nnx.merge(graphdef, layer_state)
-        out = layer(carry, *args)
-        return out, (out if collect else None)
+    def body(carry, layer_xs):
+        layer_state, x = layer_xs
+        return fn(nnx.merge(graphdef, layer_state), carry, x)
 
-    if remat != "none":
-        body = jax.checkpoint(body, policy=_REMAT_POLICIES[remat], prevent_cse=False)
-    return jax.lax.scan(body, x, state)
+    return jax.lax.scan(with_remat(body, remat), carry, (state, xs))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from qwen2vl_jax.config import ModelConfig, VisionConfig
+from qwen2vl_jax.config import RuntimeConfig, VisionConfig
 from qwen2vl_jax.nn.norms import LayerNorm
 from qwen2vl_jax.nn.params import dense, make_param, normal_init, zeros_init
 from qwen2vl_jax.nn.stacked import create_stacked, scan_layers
@@ -26,10 +26,10 @@ def quick_gelu(x: jax.Array) -> jax.Array:
 class VisionBlock(nnx.Module):
     """Pre-norm ViT block: x + proj(attn(ln1 x)); x + fc2(quick_gelu(fc1(ln2 x)))."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        v: VisionConfig = cfg.vision
-        pd = cfg.param_dtype
-        self.cfg = cfg
+    def __init__(self, v: VisionConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
+        pd = runtime.param_dtype
+        self.dtype = jnp.dtype(runtime.dtype)
+        self.attention_impl = runtime.vision_attention_impl
         self.norm1 = LayerNorm(v.embed_dim, v.layer_norm_eps, "vision_embed", param_dtype=pd, rngs=rngs)
         self.norm2 = LayerNorm(v.embed_dim, v.layer_norm_eps, "vision_embed", param_dtype=pd, rngs=rngs)
         qkv_shape = (v.embed_dim, 3, v.num_heads, v.head_dim)  # HF rows: [q|k|v] x head x dim
@@ -50,14 +50,14 @@ class VisionBlock(nnx.Module):
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array,
                  segment_ids: jax.Array) -> jax.Array:
         """x: [N, E]; cos/sin: float32[N, head_dim]; segment_ids: int32[N]."""
-        dt = jnp.dtype(self.cfg.dtype)
+        dt = self.dtype
         with jax.named_scope("vision_attention"):
             h = self.norm1(x)
             qkv = dense(h, self.qkv_kernel[...], self.qkv_bias[...], "ne,ethd->nthd", dt)
             q, k = apply_vision_rotary(qkv[:, 0], qkv[:, 1], cos, sin)
             seg = segment_ids[None]
             o = attention(q[None], k[None], qkv[None, :, 2], q_segment_ids=seg, kv_segment_ids=seg,
-                          causal=False, impl=self.cfg.vision_attention_impl)[0]
+                          causal=False, impl=self.attention_impl)[0]
             x = x + dense(o, self.proj_kernel[...], self.proj_bias[...], "nhd,hde->ne", dt)
         with jax.named_scope("vision_mlp"):
             h = dense(self.norm2(x), self.fc1_kernel[...], self.fc1_bias[...], "ne,em->nm", dt)
@@ -68,10 +68,10 @@ class VisionBlock(nnx.Module):
 class PatchMerger(nnx.Module):
     """ln_q per patch, 4 consecutive rows (one 2x2 window) -> 4E, exact-erf GELU MLP -> D."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        v = cfg.vision
-        pd = cfg.param_dtype
-        self.cfg = cfg
+    def __init__(self, v: VisionConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
+        pd = runtime.param_dtype
+        self.dtype = jnp.dtype(runtime.dtype)
+        self.merge_dim = v.merge_dim
         self.ln_q = LayerNorm(v.embed_dim, v.layer_norm_eps, "vision_embed", param_dtype=pd, rngs=rngs)
         self.fc1_kernel = make_param(rngs, normal_init, (v.merge_dim, v.merge_dim),
                                      ("vision_merge", "vision_merge_mlp"), pd)
@@ -82,8 +82,8 @@ class PatchMerger(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [N, E] -> [N / merge^2, D]."""
-        dt = jnp.dtype(self.cfg.dtype)
-        h = self.ln_q(x).reshape(-1, self.cfg.vision.merge_dim)
+        dt = self.dtype
+        h = self.ln_q(x).reshape(-1, self.merge_dim)
         h = dense(h, self.fc1_kernel[...], self.fc1_bias[...], "nm,mk->nk", dt)
         h = jax.nn.gelu(h, approximate=False)  # nn.GELU() default is exact erf (spec §10.9)
         return dense(h, self.fc2_kernel[...], self.fc2_bias[...], "nk,kd->nd", dt)
@@ -92,24 +92,26 @@ class PatchMerger(nnx.Module):
 class VisionTower(nnx.Module):
     """pixel_values [N, 1176] -> merged vision tokens [N/4, D]."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        v = cfg.vision
-        self.cfg = cfg
+    def __init__(self, v: VisionConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
+        self.dtype = jnp.dtype(runtime.dtype)
+        self.remat = runtime.remat
+        self.head_dim, self.rope_theta = v.head_dim, v.rope_theta
         # Conv3d with kernel == stride on a flattened patch is a linear map; the (C, T, P, P)
         # row-major flattening of the conv weight equals the pixel row order (spec §2.1).
         self.patch_embed = make_param(rngs, normal_init, (v.patch_dim, v.embed_dim),
-                                      ("vision_patch", "vision_embed"), cfg.param_dtype)
-        self.blocks = create_stacked(lambda r: VisionBlock(cfg, rngs=r), v.depth, rngs,
+                                      ("vision_patch", "vision_embed"), runtime.param_dtype)
+        self.blocks = create_stacked(lambda r: VisionBlock(v, runtime, rngs=r), v.depth, rngs,
                                      axis_name="vision_layers")
-        self.merger = PatchMerger(cfg, rngs=rngs)
+        self.merger = PatchMerger(v, runtime, rngs=rngs)
 
     def encode(self, pixel_values: jax.Array, pos_hw: jax.Array, segment_ids: jax.Array) -> jax.Array:
         """The ViT blocks without the merger: [N, E]."""
-        dt = jnp.dtype(self.cfg.dtype)
+        dt = self.dtype
         # HF casts pixel_values to the ViT dtype before the patch embedding (spec §10.8).
         x = dense(pixel_values.astype(dt), self.patch_embed[...], None, "np,pe->ne", dt)
-        cos, sin = vision_rotary_cos_sin(pos_hw, self.cfg.vision.head_dim, self.cfg.vision.rope_theta)
-        x, _ = scan_layers(self.blocks, x, cos, sin, segment_ids, remat=self.cfg.remat)
+        cos, sin = vision_rotary_cos_sin(pos_hw, self.head_dim, self.rope_theta)
+        x, _ = scan_layers(self.blocks, lambda block, h, _: (block(h, cos, sin, segment_ids), None), x,
+                           remat=self.remat)
         return x
 
     def __call__(self, pixel_values: jax.Array, pos_hw: jax.Array, segment_ids: jax.Array) -> jax.Array:

@@ -19,7 +19,9 @@ IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"
 VISION_END_TOKEN = "<|vision_end|>"
-DEFAULT_PAD_TOKEN = "<|endoftext|>"
+VISION_PAD_TOKEN = "<|vision_pad|>"
+END_OF_TEXT_TOKEN = "<|endoftext|>"
+DEFAULT_PAD_TOKEN = END_OF_TEXT_TOKEN
 DEFAULT_EOS_TOKEN = "<|im_end|>"
 
 
@@ -93,6 +95,28 @@ class Qwen2VLTokenizer:
         if token_id is None:
             raise ValueError(f"tokenizer has no token {token!r}; is this a Qwen2-VL tokenizer.json?")
         return token_id
+
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """The ids generation stops at: the end of a turn (``eos_token``, ``<|im_end|>``) and
+        ``<|endoftext|>``, as the released ``generation_config.json`` lists them."""
+        ids = (self.eos_token_id, self.token_to_id(END_OF_TEXT_TOKEN))
+        return tuple(dict.fromkeys(i for i in ids if i is not None))
+
+    def greedy_generation_config(self) -> dict[str, Any]:
+        """A ``generation_config.json`` for models trained with this tokenizer: greedy, stopping
+        at ``stop_token_ids``, padding with ``pad_token``."""
+        return {"eos_token_id": list(self.stop_token_ids()), "pad_token_id": self.pad_token_id, "do_sample": False}
+
+    def model_token_ids(self) -> dict[str, int]:
+        """The token-id fields of ``ModelConfig`` as this tokenizer numbers them (for a model
+        trained from scratch with it). ``bos_token_id`` is ``<|endoftext|>``, as in the released
+        config.json (the tokenizer itself adds no BOS)."""
+        return {
+            "image_token_id": self.image_token_id, "video_token_id": self.video_token_id,
+            "vision_start_token_id": self.vision_start_token_id, "vision_end_token_id": self.vision_end_token_id,
+            "vision_token_id": self.require_id(VISION_PAD_TOKEN), "eos_token_id": self.eos_token_id,
+            "pad_token_id": self.pad_token_id, "bos_token_id": self.require_id(END_OF_TEXT_TOKEN),
+        }
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; special tokens written in the text become their single ids."""

@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from qwen2vl_jax.layout.inputs import IGNORE_INDEX
 from qwen2vl_jax.processing.chat_template import ChatSegment, render_chat_segments
 from qwen2vl_jax.processing.placeholders import expand_placeholders, tokens_per_item
 from qwen2vl_jax.processing.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, Qwen2VLTokenizer
-
-IGNORE_INDEX = -100
 
 
 def tokenize_chat_for_training(

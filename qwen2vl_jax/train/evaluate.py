@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from qwen2vl_jax.config import RuntimeConfig, canonical_dtype
 from qwen2vl_jax.model import abstract_model
 from qwen2vl_jax.train.loss import next_token_loss_sum
 
@@ -47,7 +48,8 @@ def _text_of(content: Any) -> str:
 
 
 def load_trained(run: Any, step: int | None = None) -> tuple[Any, Any, dict]:
-    """(processor, model config, params) of a run's checkpoint (default: the latest)."""
+    """(processor, model config, params in ``run.runtime.param_dtype``) of a run's checkpoint
+    (default: the latest)."""
     from qwen2vl_jax.processing import Qwen2VLProcessor
     from qwen2vl_jax.train.checkpointing import TrainCheckpointer
     from qwen2vl_jax.train.loop import optimizer_config
@@ -59,8 +61,8 @@ def load_trained(run: Any, step: int | None = None) -> tuple[Any, Any, dict]:
                                 "or pass --model DIR")
     processor = Qwen2VLProcessor.from_pretrained(processor_dir(run))
     cfg = build_model_config(run, processor)
-    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg), nnx.Param))
-    params_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, cfg.param_dtype), abstract)
+    abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg, run.runtime), nnx.Param))
+    params_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
     opt_like = jax.eval_shape(make_optimizer(optimizer_config(run), params_like, run.freeze).init, params_like)
     with TrainCheckpointer(run.run_dir / "checkpoints", async_save=False) as ckpt:
         if ckpt.latest_step() is None:
@@ -75,7 +77,7 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
 
     from data_pipelines.preprocess import RecordPreprocessor, open_image, reason_key
     from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
-    from qwen2vl_jax.packing import first_fit, pack
+    from qwen2vl_jax.layout.packing import first_fit, pack
 
     n = min(num_examples, len(records))
     patch_budget = batch_size * patches_per_row
@@ -91,10 +93,10 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
         good.append(i)
 
     tok = processor.tokenizer
-    eos = [i for i in (tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")) if i is not None]
-    model = Qwen2VLForConditionalGeneration(
-        cfg.replace(dtype=cfg.param_dtype), jax.tree.map(np.asarray, params),
-        generation_config={"eos_token_id": eos, "pad_token_id": tok.token_to_id("<|endoftext|>"), "do_sample": False})
+    host = jax.tree.map(np.asarray, params)
+    pd = canonical_dtype(jax.tree.leaves(host)[0].dtype)  # evaluate in the weights' own precision
+    model = Qwen2VLForConditionalGeneration(cfg, host, runtime=RuntimeConfig(dtype=pd, param_dtype=pd),
+                                            generation_config=tok.greedy_generation_config())
 
     # Loss: pack the samples into fixed-shape batches (one compile), sum over labelled tokens.
     @jax.jit

@@ -1,8 +1,10 @@
-"""Freezing by component, so the paper's three stages are configs (ARCHITECTURE "Training").
+"""Freezing by component, so the three training stages of the Qwen2-VL paper (section 2.2:
+ViT first, then everything, then the LLM on instructions) are configs, not code.
 
-Components of the parameter tree: ``vision`` (patch embed + ViT blocks), ``merger`` and ``llm``
-(token embeddings, decoder, lm_head). Stage 1 trains vision + merger with the LLM frozen, stage 2
-trains everything, stage 3 (instruction tuning) freezes the ViT.
+Components of the parameter tree: ``vision`` (the ViT itself: ``visual.patch_embed`` and
+``visual.blocks``), ``merger`` (everything else under ``visual``: the merger, or any other
+visual adapter put there) and ``llm`` (token embeddings, decoder, lm_head). A new adapter
+therefore belongs to ``freeze_merger`` without a change here.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ class FreezeConfig:
     freeze_llm: bool = False
 
 
+VIT_PARTS = ("patch_embed", "blocks")  # under ``visual``; the rest of ``visual`` is the adapter
+
+
 def component_of(path: tuple[Any, ...]) -> str:
     keys = [str(getattr(k, "key", k)) for k in path]
     if keys[0] == "visual":
-        return "merger" if len(keys) > 1 and keys[1] == "merger" else "vision"
+        return "vision" if len(keys) > 1 and keys[1] in VIT_PARTS else "merger"
     return "llm"
 
 

@@ -29,9 +29,11 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from qwen2vl_jax.config import RuntimeConfig
 from qwen2vl_jax.model import abstract_model
+from qwen2vl_jax.perf.devices import detect_peak_tflops
+from qwen2vl_jax.perf.flops import train_flops_from_batch
 from qwen2vl_jax.train.checkpointing import PreemptionGuard, TrainCheckpointer
-from qwen2vl_jax.train.flops import detect_peak_tflops, train_flops_from_batch
 from qwen2vl_jax.train.metrics import MetricsLogger, Throughput
 from qwen2vl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from qwen2vl_jax.train.run_config import RunConfig, dump_yaml
@@ -82,8 +84,8 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
     replicated = NamedSharding(mesh, P())
     data_sharding = NamedSharding(mesh, P(None, "data"))  # [A, G, ...]: groups over devices
 
-    graphdef, _ = nnx.split(abstract_model(cfg), nnx.Param)
-    params = jax.device_put(_cast(initial_params(run, cfg), cfg.param_dtype), replicated)
+    graphdef, _ = nnx.split(abstract_model(cfg, run.runtime), nnx.Param)
+    params = jax.device_put(_cast(initial_params(run, cfg), run.runtime.param_dtype), replicated)
     opt_cfg = optimizer_config(run)
     tx = make_optimizer(opt_cfg, params, run.freeze)
     opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
@@ -170,11 +172,10 @@ def export_model(run: RunConfig, cfg: Any, params: Any, processor: Any):
     """Save ``params`` in the HF layout with the processor, for ``generate`` / ``eval --model``."""
     from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
 
-    tok = processor.tokenizer
-    eos = [i for i in (tok.token_to_id("<|im_end|>"), tok.token_to_id("<|endoftext|>")) if i is not None]
-    gen = {"eos_token_id": eos, "pad_token_id": tok.token_to_id("<|endoftext|>"), "do_sample": False}
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
-    model = Qwen2VLForConditionalGeneration(cfg.replace(dtype=cfg.param_dtype), host, generation_config=gen)
+    pd = run.runtime.param_dtype
+    model = Qwen2VLForConditionalGeneration(cfg, host, runtime=RuntimeConfig(dtype=pd, param_dtype=pd),
+                                            generation_config=processor.tokenizer.greedy_generation_config())
     out = model.save_pretrained(run.run_dir / "model")
     processor.save_pretrained(out)
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = -100
+from qwen2vl_jax.layout.inputs import IGNORE_INDEX
 
 
 def next_token_loss_sum(logits: jax.Array, labels: jax.Array, z_loss_weight: float = 0.0

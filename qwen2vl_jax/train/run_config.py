@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from data_pipelines.pipeline import DataConfig
+from qwen2vl_jax.config import RuntimeConfig
 from qwen2vl_jax.train.freezing import FreezeConfig
 from qwen2vl_jax.train.optimizer import OptimizerConfig
 
@@ -33,16 +34,12 @@ class ModelSection:
     """Where the model comes from: a checkpoint (HF or our Orbax format, ``checkpoint``) to
     fine-tune, or a preset initialised from scratch (``preset`` alone). With both, the
     checkpoint's architecture must equal the preset's (a guard against a wrong path).
-    ``overrides`` changes architecture fields for ablations (``{text: {num_hidden_layers: 4}}``)."""
+    ``overrides`` changes architecture fields for ablations (``{text: {num_hidden_layers: 4}}``).
+    How the model runs (dtypes, attention kernels, remat) is the recipe's ``runtime:`` section."""
 
     preset: str | None = None
     checkpoint: str | None = None
     overrides: dict = dataclasses.field(default_factory=dict)
-    dtype: str = "bfloat16"  # compute dtype
-    param_dtype: str = "float32"  # master weights
-    remat: str = "none"  # "none" | "full" | "dots"
-    vision_attention_impl: str | None = None  # None: the config default
-    text_attention_impl: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +70,9 @@ class RunConfig:
     tokenizer: str | None = None  # a dir with tokenizer.json etc.; None: model.checkpoint's;
     #                               "builtin:synthetic_visual_qa" builds the demo's small tokenizer
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
+    # dtype / param_dtype (bf16 compute over fp32 master weights in the shipped recipes),
+    # vision/text_attention_impl, remat, buckets: qwen2vl_jax.config.RuntimeConfig.
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
     freeze: FreezeConfig = dataclasses.field(default_factory=FreezeConfig)
@@ -205,8 +205,11 @@ def from_dict(cls: type, tree: Any, prefix: str = "") -> Any:
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """The recipe at ``path`` (or the defaults) with ``key=value`` overrides applied."""
-    tree = load_yaml_recipe(path) if path is not None else {}
-    run = from_dict(RunConfig, apply_overrides(tree, list(overrides)))
+    tree = apply_overrides(load_yaml_recipe(path) if path is not None else {}, list(overrides))
+    moved = sorted(set(tree.get("model") or {}) & {f.name for f in dataclasses.fields(RuntimeConfig)})
+    if moved:  # these lived under model: before the architecture / runtime split
+        raise ValueError("; ".join(f"model.{k} is a runtime setting: use runtime.{k}" for k in moved))
+    run = from_dict(RunConfig, tree)
     run.validate()
     return run
 

@@ -66,17 +66,15 @@ def build_processor(run: Any) -> Any:
 
 
 def build_model_config(run: Any, processor: Any) -> ModelConfig:
+    """The architecture a run trains: the checkpoint's (checked against ``model.preset`` if both
+    are set) or the preset's with the tokenizer's special-token ids, then ``model.overrides``."""
     m = run.model
-    runtime = {"dtype": m.dtype, "param_dtype": m.param_dtype, "remat": m.remat}
-    for name in ("vision_attention_impl", "text_attention_impl"):
-        if getattr(m, name) is not None:
-            runtime[name] = getattr(m, name)
     if m.checkpoint is not None:
         path = Path(m.checkpoint) / "config.json"
         if not path.exists():
             raise FileNotFoundError(f"model.checkpoint: {path} not found (convert or export a checkpoint "
                                     "there, or set model.checkpoint=null to train model.preset from scratch)")
-        cfg = ModelConfig.from_json_file(path, **runtime)
+        cfg = ModelConfig.from_json_file(path)
         if m.preset is not None:
             want = get_preset(m.preset)
             diff = [f"{part}.{f.name}: {getattr(getattr(cfg, part), f.name)} != {getattr(getattr(want, part), f.name)}"
@@ -87,22 +85,18 @@ def build_model_config(run: Any, processor: Any) -> ModelConfig:
         return _replace_nested(cfg, m.overrides) if m.overrides else cfg
     cfg = _replace_nested(get_preset(m.preset), m.overrides) if m.overrides else get_preset(m.preset)
     tok = processor.tokenizer
-    ids = {name: tok.token_to_id(token) for name, token in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"),
-        ("vision_token_id", "<|vision_pad|>"), ("eos_token_id", "<|im_end|>"),
-        ("pad_token_id", "<|endoftext|>"), ("bos_token_id", "<|endoftext|>"))}
-    missing = [name for name, value in ids.items() if value is None]
-    if missing:
-        raise ValueError(f"tokenizer {run.tokenizer or m.checkpoint} lacks the Qwen special tokens for {missing}")
+    try:
+        ids = tok.model_token_ids()
+    except ValueError as e:
+        raise ValueError(f"tokenizer {run.tokenizer or m.checkpoint}: {e}") from None
     # The embedding must cover the tokenizer; a preset's larger (padded) table is kept as it is.
     vocab = max(cfg.text.vocab_size, tok.backend.get_vocab_size(with_added_tokens=True), max(ids.values()) + 1)
     text = dataclasses.replace(cfg.text, vocab_size=vocab)
-    return cfg.replace(text=text, **ids, **runtime)
+    return cfg.replace(text=text, **ids)
 
 
 def initial_params(run: Any, cfg: ModelConfig) -> dict:
-    """Pure-dict params (numpy or jax leaves) in ``cfg.param_dtype``."""
+    """Pure-dict params (numpy or jax leaves) in ``run.runtime.param_dtype``."""
     from flax import nnx
 
     from qwen2vl_jax.model import Qwen2VL
@@ -110,7 +104,7 @@ def initial_params(run: Any, cfg: ModelConfig) -> dict:
     if run.model.checkpoint is not None:
         from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
 
-        model = Qwen2VLForConditionalGeneration.from_pretrained(run.model.checkpoint, dtype=cfg.param_dtype)
+        model = Qwen2VLForConditionalGeneration.from_pretrained(run.model.checkpoint, dtype=run.runtime.param_dtype)
         return model.pure_params()
-    model = Qwen2VL(cfg, rngs=nnx.Rngs(run.seed))
+    model = Qwen2VL(cfg, run.runtime, rngs=nnx.Rngs(run.seed))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))

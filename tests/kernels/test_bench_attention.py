@@ -1,4 +1,5 @@
-"""tools/bench_attention.py --blocks-only: the issue's block table, and target (a) <= 1/12."""
+"""tools/bench_attention.py --blocks-only: the block table, and shape (a) visiting <= 1/12 of the
+blocks; its timer (the shared qwen2vl_jax.perf.timing helpers)."""
 
 import importlib.util
 from pathlib import Path
@@ -24,3 +25,17 @@ def test_block_table_meets_the_target_for_shape_a(capsys):
         assert r["ideal"] <= r["fraction"] < 1
     bench.main(["--blocks-only"])
     assert "(a) ViT 16 x 1024" in capsys.readouterr().out
+
+
+def test_timer_returns_the_median_of_calls_after_a_warm_up():
+    import jax.numpy as jnp
+
+    bench = _tool()
+    calls = []
+
+    def fn(x):
+        calls.append(1)
+        return jnp.asarray(x) + 1
+
+    t = bench._time(fn, 1.0, iters=3)
+    assert len(calls) == 4 and t >= 0  # one warm-up call, then the timed ones

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from qwen2vl_jax.config import get_preset
+from qwen2vl_jax.config import RuntimeConfig, get_preset
 from qwen2vl_jax.layout import prepare_model_inputs
 from qwen2vl_jax.model import Qwen2VL
 
@@ -30,12 +30,12 @@ def _batch(cfg):
 
 
 def test_vit_and_decoder_match_xla_with_block_sparse():
-    xla_cfg = get_preset("tiny", vision_attention_impl="xla", text_attention_impl="xla")
-    bs_cfg = get_preset("tiny", vision_attention_impl="block_sparse", text_attention_impl="block_sparse")
-    reference = Qwen2VL(xla_cfg, rngs=nnx.Rngs(0))
-    ours = Qwen2VL(bs_cfg, rngs=nnx.Rngs(1))
+    xla = RuntimeConfig(vision_attention_impl="xla", text_attention_impl="xla")
+    bs = RuntimeConfig(vision_attention_impl="block_sparse", text_attention_impl="block_sparse")
+    reference = Qwen2VL(get_preset("tiny"), xla, rngs=nnx.Rngs(0))
+    ours = Qwen2VL(get_preset("tiny"), bs, rngs=nnx.Rngs(1))
     nnx.update(ours, nnx.state(reference, nnx.Param))  # identical weights
-    batch = _batch(xla_cfg)
+    batch = _batch(get_preset("tiny"))
 
     def run(model):
         out = jax.jit(lambda b: model(b, collect=True))(batch)

@@ -1,11 +1,12 @@
-"""FLOP formulas of spec §9.2 against hand computations, and the peak table."""
+"""The FLOP formulas of qwen2vl_jax.perf.flops against hand computations, and MFU."""
 
 import numpy as np
 import pytest
 
 from qwen2vl_jax import get_preset
-from qwen2vl_jax.packing import Sample, first_fit, pack
-from qwen2vl_jax.train import flops as F
+from qwen2vl_jax.layout.packing import Sample, first_fit, pack
+from qwen2vl_jax.perf import flops as F
+from qwen2vl_jax.perf.devices import peak_tflops_for
 from qwen2vl_jax.train.freezing import FreezeConfig
 from qwen2vl_jax.train.metrics import Throughput
 
@@ -22,18 +23,18 @@ ATTN_KEY_2B = 4 * 28 * 12 * 128  # 172,032
 MERGER_2B = 2 * (4 * E) ** 2 + 2 * 4 * E * 1536  # 68,157,440
 
 
-def test_vision_2b_matches_spec():
+def test_vision_2b_matches_hand_counts():
     assert F.vision_patch_embed_flops(C2B) == PATCH_EMBED == 3_010_560
     assert F.vision_block_linear_flops(C2B) == BLOCK_LINEAR == 39_321_600
     assert F.vision_flops_per_patch(C2B) == VIT_PER_PATCH
-    assert VIT_PER_PATCH / 1e9 == pytest.approx(1.2613, abs=1e-4)  # spec "N * 1.2613 GFLOP"
+    assert VIT_PER_PATCH / 1e9 == pytest.approx(1.2613, abs=1e-4)  # "N * 1.2613 GFLOP" per image of N patches
     assert F.vision_flops_per_patch(C2B, segment_len=100) == VIT_PER_PATCH + 32 * 4 * 100 * E
     # Merger per merged token: 0.068 / 0.089 / 0.136 GFLOP (2B / 7B / 72B).
     assert F.merger_flops_per_token(C2B) == MERGER_2B == 68_157_440
     assert [round(F.merger_flops_per_token(c) / 1e9, 3) for c in (C2B, C7B, C72B)] == [0.068, 0.089, 0.136]
 
 
-def test_vision_image_example_from_spec():
+def test_vision_image_example():
     # A 4096-patch image (1024 LLM tokens): ~5.17 TF linear + 2.75 TF attention + ~0.07 TF merger.
     n = 4096
     want = n * VIT_PER_PATCH + 32 * 4 * n * n * E + (n // 4) * MERGER_2B
@@ -46,12 +47,12 @@ def test_vision_image_example_from_spec():
     assert vid == 3 * 96 * VIT_PER_PATCH + 3 * 32 * 4 * 96 * 96 * E
 
 
-def test_llm_per_token_matches_spec():
+def test_llm_per_token_matches_hand_counts():
     assert F.llm_linear_flops_per_token(C2B) == LLM_LINEAR_2B == 2_620_391_424
     assert F.lm_head_flops_per_token(C2B) == LM_HEAD_2B
     assert F.llm_attention_flops_per_key(C2B) == ATTN_KEY_2B == 172_032
     assert F.llm_flops_per_token(C2B, context_len=10) == LLM_LINEAR_2B + LM_HEAD_2B + 10 * ATTN_KEY_2B
-    # The spec's figures for all three sizes (linear, lm_head, attention per key).
+    # The published figures for all three sizes (linear, lm_head, attention per key).
     lin = [round(F.llm_linear_flops_per_token(c) / 1e9, 3) for c in (C2B, C7B)]
     assert lin == [2.620, 13.051]
     assert F.llm_linear_flops_per_token(C72B) / 1e9 == pytest.approx(140.43, abs=0.005)
@@ -111,24 +112,6 @@ def test_train_flops_from_packed_batch():
     assert got == F.train_flops(cfg, 26, 28, seq_len=text, vision_segment_len=vision, freeze_vision=True)
 
 
-def test_peak_table():
-    p = F.peak_tflops_for
-    assert p("TPU v4") == 275.0
-    assert p("TPU v5 lite") == p("TPU v5e") == 197.0
-    assert p("TPU v5") == p("TPU v5p") == 459.0
-    assert p("TPU v6 lite") == 918.0
-    assert p("NVIDIA H100 80GB HBM3") == 989.0
-    assert p("NVIDIA H100 PCIe") == 756.0
-    assert p("NVIDIA H200") == p("NVIDIA H200 141GB HBM3e") == 989.0  # dense, not the 1,979 sparse
-    assert p("NVIDIA A100-SXM4-80GB") == 312.0
-    assert p("cpu") is None and p("TPU v4 lite") is None and p("") is None and p(None) is None
-    assert p("cpu", peak_tflops=12.5) == 12.5 and p("TPU v4", peak_tflops=100) == 100.0
-    with pytest.raises(ValueError):
-        p("cpu", peak_tflops=0)
-    kind, peak = F.detect_peak_tflops()  # this machine: cpu
-    assert isinstance(kind, str) and (peak is None or peak > 0)
-
-
 def test_throughput_mfu():
     r = Throughput.rates(tokens=8000, patches=4000, seconds=2.0, flops=4e15, n_devices=4, peak_tflops=1000.0)
     assert r["tokens_per_s"] == 4000 and r["tokens_per_s_per_device"] == 1000 and r["patches_per_s"] == 2000
@@ -140,3 +123,13 @@ def test_throughput_mfu():
     w = t.window(seconds=2.0)
     assert w["tokens_per_s"] == 200 and w["step_time_s"] == 1.0 and w["mfu"] == pytest.approx(0.5)
     assert t.window(seconds=1.0) == {}  # nothing added since
+
+
+def test_mfu_uses_the_device_table():
+    # One TPU v5e (197 dense bf16 TFLOP/s) doing 98.5 TFLOP in a second runs at 50% MFU.
+    t = Throughput(n_devices=1, peak_tflops=peak_tflops_for("TPU v5 lite"))
+    t.add(1000, flops=98.5e12)
+    assert t.window(seconds=1.0)["mfu"] == pytest.approx(0.5)
+    t = Throughput(n_devices=1, peak_tflops=peak_tflops_for("cpu"))  # unknown: no MFU
+    t.add(1000, flops=1e12)
+    assert "mfu" not in t.window(seconds=1.0)

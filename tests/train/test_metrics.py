@@ -163,9 +163,26 @@ def test_modules_import_without_optional_packages():
     code = (
         "import sys\n"
         "for m in ('wandb', 'tensorboardX', 'matplotlib'): sys.modules[m] = None\n"
-        "import qwen2vl_jax.train.flops, qwen2vl_jax.train.metrics, qwen2vl_jax.train.plot\n"
+        "import qwen2vl_jax.perf.flops, qwen2vl_jax.perf.devices, qwen2vl_jax.train.metrics\n"
+        "import qwen2vl_jax.train.plot\n"
         "print('ok')\n"
     )
     res = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
                          timeout=60, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
+
+
+def test_metrics_module_reexports_the_split_modules():
+    from qwen2vl_jax.train import metrics, metrics_jsonl, progress, throughput
+
+    assert metrics.read_metrics is metrics_jsonl.read_metrics and metrics.METRICS_FILE == "metrics.jsonl"
+    assert metrics.truncate_metrics is metrics_jsonl.truncate_metrics
+    assert metrics.ProgressBar is progress.ProgressBar and metrics.Throughput is throughput.Throughput
+
+
+def test_make_record_skips_reserved_keys_and_nan(tmp_path):
+    from qwen2vl_jax.train.metrics_jsonl import make_record
+
+    rec = make_record(3, {"step": 99, "time": 0, "loss": float("nan"), "lr": np.float32(0.5)})
+    assert rec["step"] == 3 and rec["time"] > 1e9 and rec["loss"] is None and rec["lr"] == 0.5
+    assert list(rec) == ["step", "time", "loss", "lr"]

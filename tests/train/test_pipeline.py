@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from data_pipelines.pipeline import DataConfig, PackedBatches
-from qwen2vl_jax.packing import IGNORE_INDEX
+from qwen2vl_jax.layout.packing import IGNORE_INDEX
 
 
 def _data(**kw):

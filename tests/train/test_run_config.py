@@ -32,7 +32,7 @@ def test_the_paper_stages_for_every_size():
 
 
 def test_inheritance_overrides_and_coercion(tmp_path):
-    (tmp_path / "base.yaml").write_text("steps: 10\nmodel: {preset: tiny, dtype: float32}\n"
+    (tmp_path / "base.yaml").write_text("steps: 10\nmodel: {preset: tiny}\nruntime: {dtype: float32}\n"
                                         "data: {source: {type: jsonl, path: a.jsonl}, text_budget: 256}\n")
     (tmp_path / "child.yaml").write_text("base_config: base.yaml\nrun_name: child\n"
                                          "data: {source: {type: synthetic_visual_qa, seed: 3}}\n")
@@ -57,6 +57,10 @@ def test_inheritance_overrides_and_coercion(tmp_path):
     ("freeze.freeze_llm=maybe", "freeze.freeze_llm"),
     ("steps", "not key=value"),
     ("model.preset=null", "model.preset"),
+    ("model.dtype=bfloat16", "model.dtype is a runtime setting: use runtime.dtype"),
+    ("runtime.dtype=float16", "dtype 'float16' is not supported"),
+    ("runtime.remat=some", "remat 'some' is not one of"),
+    ("runtime.buckets.text_buckets=[]", "text_buckets must be a non-empty list"),
 ])
 def test_bad_overrides_are_named(override, message):
     with pytest.raises(ValueError, match=message):

@@ -6,7 +6,7 @@ import optax
 import pytest
 from flax import nnx
 
-from qwen2vl_jax import get_preset
+from qwen2vl_jax import RuntimeConfig, get_preset
 from qwen2vl_jax.layout import prepare_model_inputs
 from qwen2vl_jax.model import Qwen2VL
 from qwen2vl_jax.train.freezing import FreezeConfig, component_of
@@ -38,8 +38,8 @@ def _batch(ids, labels, pix, grids):
     return b
 
 
-def _setup(freeze, cfg=CFG):
-    model = Qwen2VL(cfg, rngs=nnx.Rngs(0))
+def _setup(freeze, runtime=None):
+    model = Qwen2VL(CFG, runtime, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
     tx = make_optimizer(OPT, params, freeze)
@@ -94,8 +94,7 @@ def test_gradient_accumulation_equals_the_larger_batch():
 
 
 def test_loss_decreases_and_bf16_compute_keeps_fp32_master_weights():
-    cfg = CFG.replace(dtype="bfloat16", param_dtype="float32")
-    params, opt_state, step = _setup(FreezeConfig(), cfg)
+    params, opt_state, step = _setup(FreezeConfig(), RuntimeConfig(dtype="bfloat16", param_dtype="float32"))
     ids, labels, pix = _rows(2)
     batch = jax.tree.map(lambda x: x[None], _batch(ids, labels, pix, [[1, 4, 6], [1, 4, 6]]))
     losses = []
@@ -113,7 +112,7 @@ def test_everything_frozen_is_an_error():
 
 
 def test_train_step_runs_on_a_packed_batch():
-    from qwen2vl_jax.packing import Sample, first_fit, pack
+    from qwen2vl_jax.layout.packing import Sample, first_fit, pack
 
     ids, labels, pix = _rows(5)
     samples = [Sample(ids[i], labels[i], pix[24 * i:24 * (i + 1)], np.array([[1, 4, 6]])) for i in range(2)]

@@ -1,0 +1,213 @@
+"""``config.json`` <-> ``ModelConfig``, for every layout transformers has written.
+
+* the flat hub form: text fields at top level, ``vision_config`` nested (what the released
+  checkpoints ship and what ``save_pretrained`` of transformers 4.45-4.51 writes);
+* the nested form of transformers >= 4.52: text fields under ``text_config``;
+* the v5 form: ``rope_parameters`` instead of ``rope_scaling``.
+
+Mapping rule: a dataclass field is the ``config.json`` key of the same name, except the few
+aliases below; fields marked ``NOT_IN_CONFIG_JSON`` are hard-coded in transformers and never
+read or written. Unknown keys are errors (a typo must not silently fall back to a default);
+the bookkeeping keys of ``PretrainedConfig`` are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from qwen2vl_jax.config.architecture import ModelConfig, TextConfig, VisionConfig
+
+# Keys HF writes into config.json that do not change the computation (PretrainedConfig and
+# generation bookkeeping): accepted and ignored.
+HF_IGNORED_KEYS = frozenset(
+    {
+        "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "use_cache",
+        "initializer_range", "_name_or_path", "_attn_implementation", "_attn_implementation_autoset",
+        "attn_implementation", "output_attentions", "output_hidden_states", "return_dict",
+        "torchscript", "use_bfloat16", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward",
+        "is_encoder_decoder", "is_decoder", "cross_attention_hidden_size", "add_cross_attention",
+        "tie_encoder_decoder", "finetuning_task", "id2label", "label2id", "task_specific_params",
+        "problem_type", "tokenizer_class", "prefix", "sep_token_id", "decoder_start_token_id",
+        "max_length", "min_length", "do_sample", "early_stopping", "num_beams", "num_beam_groups",
+        "diversity_penalty", "temperature", "top_k", "top_p", "typical_p", "repetition_penalty",
+        "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids",
+        "num_return_sequences", "output_scores", "return_dict_in_generate", "forced_bos_token_id",
+        "forced_eos_token_id", "remove_invalid_values", "exponential_decay_length_penalty",
+        "suppress_tokens", "begin_suppress_tokens", "layer_types", "vision_token_id",
+        "pad_token_id", "bos_token_id", "eos_token_id", "num_labels", "rope_type",
+    }
+)
+VISION_IGNORED_KEYS = frozenset({"model_type", "initializer_range", "rope_parameters", "rope_theta",
+                                 "_attn_implementation", "torch_dtype", "dtype"})
+
+# config.json key -> our field, where transformers spells it differently. The first alias of a
+# field is the one we write (``in_chans`` / ``spatial_patch_size`` are written too: the hub
+# files carry both spellings).
+VISION_ALIASES = {
+    "hidden_size": "out_hidden_size",
+    "in_chans": "in_channels",
+    "spatial_patch_size": "patch_size",
+    "num_hidden_layers": "depth",  # v5 attribute_map
+    "num_attention_heads": "num_heads",  # v5 attribute_map
+}
+VISION_WRITTEN_ALIASES = {"out_hidden_size": ("hidden_size",), "in_channels": ("in_chans", "in_channels"),
+                          "patch_size": ("patch_size", "spatial_patch_size")}
+
+# Architecture fields with no safe default: their absence is an error, never a class default.
+TEXT_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "rms_norm_eps", "rope_theta")
+VISION_REQUIRED = ("depth", "embed_dim", "num_heads", "out_hidden_size")
+
+TOKEN_ID_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                   "vision_token_id", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _json_fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if f.metadata.get("config_json", True)]
+
+
+# ---------------------------------------------------------------------- reading
+
+
+def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
+    d = dict(d)
+    vision_d = dict(d.pop("vision_config", None) or {})
+    text_d = dict(d.pop("text_config", None) or {})
+    # Flat hub form: text fields live at top level. Nested form: top level holds token ids and
+    # bookkeeping. Merge top-level text fields into text_d (nested values win).
+    top = {key: d.pop(key) for key in list(d) if key in TOKEN_ID_FIELDS}
+    for key, value in d.items():
+        text_d.setdefault(key, value)
+    text = _text_from_hf(text_d)
+    vision = _vision_from_hf(vision_d)
+    if vision.out_hidden_size != text.hidden_size:
+        raise ValueError(f"config: vision_config.hidden_size (merger output, {vision.out_hidden_size}) "
+                         f"must equal the text hidden_size ({text.hidden_size})")
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if key in text_d and key not in top:
+            top[key] = text_d[key]
+    if isinstance(top.get("eos_token_id"), list):
+        top["eos_token_id"] = tuple(top["eos_token_id"])  # hashable: the config is static metadata
+    return ModelConfig(vision=vision, text=text, **top)
+
+
+def config_from_json_file(path: str | os.PathLike) -> ModelConfig:
+    with open(path) as f:
+        try:
+            d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    try:
+        return config_from_hf_dict(d)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
+
+
+def _read_fields(cls: type, d: dict[str, Any], aliases: dict[str, str], ignored: frozenset,
+                 where: str) -> dict[str, Any]:
+    names = {f.name for f in _json_fields(cls)}
+    kwargs, unknown = {}, []
+    for key, value in d.items():
+        field = aliases.get(key, key)
+        if field in names:
+            kwargs.setdefault(field, value)
+        elif key not in ignored:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"config: unknown {where} field(s) {sorted(unknown)}")
+    for f in dataclasses.fields(cls):  # coerce JSON lists into the tuples of the schema
+        if f.name in kwargs and isinstance(kwargs[f.name], list):
+            kwargs[f.name] = tuple(kwargs[f.name])
+    return kwargs
+
+
+def _text_from_hf(d: dict[str, Any]) -> TextConfig:
+    rope = d.pop("rope_scaling", None) or d.pop("rope_parameters", None) or {}
+    d.pop("rope_parameters", None)
+    if "mrope_section" in d:
+        raise ValueError("config: mrope_section belongs inside rope_scaling (transformers' layout)")
+    kwargs = _read_fields(TextConfig, d, {}, HF_IGNORED_KEYS, "text config")
+    if "rope_theta" not in kwargs and "rope_theta" in rope:
+        kwargs["rope_theta"] = rope["rope_theta"]  # v5 rope_parameters carries the theta
+    missing = [k for k in TEXT_REQUIRED if k not in kwargs]
+    if missing:
+        raise ValueError(f"config: missing required text config field(s) {missing}")
+    if "mrope_section" not in rope:
+        raise ValueError("config: rope_scaling/rope_parameters must give mrope_section "
+                         "(Qwen2-VL uses multimodal RoPE; e.g. [16, 24, 24])")
+    kwargs["mrope_section"] = tuple(int(s) for s in rope["mrope_section"])
+    kwargs.setdefault("num_key_value_heads", kwargs["num_attention_heads"])
+    # The released checkpoints do not state this in the text part of config.json; the value of
+    # the released models (not transformers' class default) applies.
+    kwargs.setdefault("tie_word_embeddings", False)
+    cfg = TextConfig(**kwargs)
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads"):
+        _check_positive_int(name, getattr(cfg, name))
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ValueError(f"config: hidden_size {cfg.hidden_size} is not divisible by "
+                         f"num_attention_heads {cfg.num_attention_heads}")
+    if cfg.num_attention_heads % cfg.num_key_value_heads:
+        raise ValueError(f"config: num_attention_heads {cfg.num_attention_heads} is not a multiple "
+                         f"of num_key_value_heads {cfg.num_key_value_heads}")
+    if 2 * sum(cfg.mrope_section) != cfg.head_dim:
+        raise ValueError(f"config: mrope_section {list(cfg.mrope_section)} must sum to head_dim/2 "
+                         f"= {cfg.head_dim // 2}")
+    if cfg.hidden_act != "silu":
+        raise ValueError(f"config: text hidden_act {cfg.hidden_act!r} is not supported (only silu)")
+    return cfg
+
+
+def _vision_from_hf(d: dict[str, Any]) -> VisionConfig:
+    kwargs = _read_fields(VisionConfig, d, VISION_ALIASES, VISION_IGNORED_KEYS, "vision_config")
+    missing = [VISION_WRITTEN_ALIASES.get(k, (k,))[0] for k in VISION_REQUIRED if k not in kwargs]
+    if missing:
+        raise ValueError(f"config: missing required vision_config field(s) {missing}")
+    _check_positive_int("vision_config.hidden_size", kwargs["out_hidden_size"])
+    cfg = VisionConfig(**kwargs)
+    if cfg.embed_dim % cfg.num_heads:
+        raise ValueError(f"config: vision embed_dim {cfg.embed_dim} is not divisible by num_heads "
+                         f"{cfg.num_heads}")
+    if cfg.hidden_act != "quick_gelu":
+        raise ValueError(f"config: vision hidden_act {cfg.hidden_act!r} is not supported "
+                         "(Qwen2-VL uses quick_gelu)")
+    return cfg
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def config_to_hf_dict(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
+    out: dict[str, Any] = {"architectures": ["Qwen2VLForConditionalGeneration"], "model_type": "qwen2_vl",
+                           "torch_dtype": dtype}
+    for f in _json_fields(TextConfig):
+        value = getattr(cfg.text, f.name)
+        if f.name == "mrope_section":
+            out["rope_scaling"] = {"type": "mrope", "mrope_section": list(value)}
+        else:
+            out[f.name] = _jsonable(value)
+    out["use_cache"] = True
+    for name in TOKEN_ID_FIELDS:
+        value = getattr(cfg, name)
+        if value is not None or name != "pad_token_id":
+            out[name] = _jsonable(value)
+    vision: dict[str, Any] = {}
+    for f in _json_fields(VisionConfig):
+        for key in VISION_WRITTEN_ALIASES.get(f.name, (f.name,)):
+            vision[key] = _jsonable(getattr(cfg.vision, f.name))
+    out["vision_config"] = vision
+    return out

@@ -1,0 +1,99 @@
+"""How to run an architecture: dtypes, attention kernels, rematerialisation and fixed shapes.
+
+None of this is saved with the weights, and none of it changes what the model computes beyond
+rounding: the same checkpoint runs in fp32 on a CPU test and in bf16 with Pallas kernels on a
+TPU pod. Modules keep only the fields they use (a dtype, a kernel name) as static attributes,
+so changing the buckets never changes a module's graph definition.
+
+A training recipe's ``runtime:`` section is this dataclass (``train/run_config.py``); the facade
+takes its fields as keyword arguments (``from_pretrained(path, dtype="bfloat16",
+text_attention_impl="block_sparse")``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from qwen2vl_jax.nn.remat import REMAT_POLICIES
+from qwen2vl_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLS
+
+# Accepted spellings of the two supported floating-point types.
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "f32": "float32",
+               "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def canonical_dtype(dtype: Any) -> str:
+    """"float32" or "bfloat16" from a name, a numpy/jax dtype or an alias (fp32, bf16)."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype {dtype!r} is not supported; use 'float32' or 'bfloat16'")
+    return DTYPE_NAMES[name]
+
+
+def _powers_of_two(start: int, stop: int) -> tuple[int, ...]:
+    out, n = [], start
+    while n <= stop:
+        out.append(n)
+        n *= 2
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketConfig:
+    """Fixed compiled shapes: every distinct input shape is a new XLA program.
+
+    Every input is padded up to the smallest bucket that fits: all images and video slices of a
+    batch form one patch stream padded to a ``patch_buckets`` entry, text is left-padded to a
+    ``text_buckets`` entry and the batch to a ``batch_buckets`` entry. Sizes are sorted; the
+    patch buckets must be multiples of spatial_merge_size**2 so merge windows stay whole.
+    """
+
+    patch_buckets: tuple[int, ...] = _powers_of_two(256, 65536)
+    text_buckets: tuple[int, ...] = _powers_of_two(128, 32768)
+    batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    # Decode-cache lengths (prompt bucket + new tokens) are rounded up to a multiple of this.
+    cache_multiple: int = 128
+
+    def __post_init__(self):
+        for name in ("patch_buckets", "text_buckets", "batch_buckets"):
+            sizes = tuple(sorted(int(x) for x in getattr(self, name)))
+            if not sizes or sizes[0] <= 0:
+                raise ValueError(f"BucketConfig.{name} must be a non-empty list of positive sizes")
+            object.__setattr__(self, name, sizes)
+        if int(self.cache_multiple) < 1:
+            raise ValueError(f"BucketConfig.cache_multiple must be >= 1, got {self.cache_multiple}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """``dtype`` is the compute dtype, ``param_dtype`` the storage dtype of the weights (fp32
+    master weights with bf16 compute: ``param_dtype="float32", dtype="bfloat16"``).
+
+    ``*_attention_impl``: one of ``ops.attention.IMPLEMENTATIONS`` per tower; ``auto`` picks per
+    platform and shape (``ops.attention.resolve_impl``). ``remat``: the rematerialisation policy
+    of the scanned layers (``nn/remat.py``).
+    """
+
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    vision_attention_impl: str = "auto"
+    text_attention_impl: str = "auto"
+    remat: str = "none"
+    buckets: BucketConfig = dataclasses.field(default_factory=BucketConfig)
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", canonical_dtype(self.param_dtype))
+        for name in ("vision_attention_impl", "text_attention_impl"):
+            if getattr(self, name) not in ATTENTION_IMPLS:
+                raise ValueError(f"runtime: {name} {getattr(self, name)!r} is not one of {ATTENTION_IMPLS}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"runtime: remat {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
+        if not isinstance(self.buckets, BucketConfig):
+            raise ValueError(f"runtime: buckets must be a BucketConfig, got {type(self.buckets).__name__}")
+
+    def replace(self, **changes: Any) -> RuntimeConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,70 @@
+"""The static KV cache of the text decoder: post-rotary keys and values of every layer.
+
+Shapes are fixed at creation (``[layers, batch, slots, kv_heads, head_dim]``), so prefill and
+every decode step compile once per bucket. The cache stores keys *after* M-RoPE, as
+transformers' ``DynamicCache`` does (rotary is applied before the cache update in
+``Qwen2VLAttention.forward``), so a decode step never re-rotates old keys.
+
+``segment_ids[b, t]`` says which slots hold a real token (the prompt's segment ids where it was
+written, 1 for generated tokens, 0 for left padding and empty slots): a query attends exactly
+to the slots with its segment. ``fresh`` (static) marks a cache with nothing written yet: the
+prompt chunk then attends to itself (causally) instead of to the whole cache, which is the
+same function at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from qwen2vl_jax.config import TextConfig
+
+
+def cache_length(prompt_len: int, max_new_tokens: int, multiple: int) -> int:
+    """Slots for a prompt bucket plus the new tokens, rounded up to ``multiple`` (one compiled
+    program serves every max_new_tokens in the same multiple)."""
+    need = prompt_len + max_new_tokens
+    return -(-need // multiple) * multiple
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    keys: jax.Array  # [L, B, T, KV, hd], compute dtype
+    values: jax.Array  # [L, B, T, KV, hd]
+    segment_ids: jax.Array  # int32[B, T]
+    index: jax.Array  # int32[]: the slot the next chunk is written at
+    fresh: bool = dataclasses.field(default=True, metadata={"static": True})
+
+    @classmethod
+    def create(cls, text: TextConfig, batch: int, length: int, dtype: jnp.dtype) -> KVCache:
+        shape = (text.num_hidden_layers, batch, length, text.num_key_value_heads, text.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), jnp.int32),
+                   jnp.int32(0), fresh=True)
+
+    @property
+    def length(self) -> int:
+        return self.keys.shape[2]
+
+    def with_chunk_segments(self, segment_ids: jax.Array) -> KVCache:
+        """Record the segment ids of the chunk about to be written at ``index`` ([B, s])."""
+        seg = jax.lax.dynamic_update_slice(self.segment_ids, segment_ids.astype(jnp.int32), (0, self.index))
+        return dataclasses.replace(self, segment_ids=seg)
+
+    def write(self, layer: jax.Array, k: jax.Array, v: jax.Array) -> KVCache:
+        """Store one layer's chunk of keys/values ([B, s, KV, hd]) at slot ``index``, in place."""
+        start = (layer, 0, self.index, 0, 0)
+        keys = jax.lax.dynamic_update_slice(self.keys, k[None].astype(self.keys.dtype), start)
+        values = jax.lax.dynamic_update_slice(self.values, v[None].astype(self.values.dtype), start)
+        return dataclasses.replace(self, keys=keys, values=values)
+
+    def read(self, layer: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """One layer's keys and values over all slots: [B, T, KV, hd] each."""
+        return (jax.lax.dynamic_index_in_dim(self.keys, layer, keepdims=False),
+                jax.lax.dynamic_index_in_dim(self.values, layer, keepdims=False))
+
+    def advance(self, steps: int) -> KVCache:
+        """After a chunk of ``steps`` tokens went through every layer."""
+        return dataclasses.replace(self, index=self.index + steps, fresh=False)
