@@ -1,4 +1,4 @@
-"""Config presets (spec §1) and HF config.json parsing in all its on-disk forms."""
+"""Config presets (the hub config.json values) and HF config.json parsing in all its on-disk forms."""
 
 import json
 
@@ -74,7 +74,7 @@ def test_v5_rope_parameters_and_in_channels():
 
 def test_hf_class_defaults_are_never_used():
     # A config.json without rms_norm_eps would make transformers use its class default 1e-5
-    # (spec §1.1 pitfall); we refuse instead of guessing.
+    # (docs/numerics.md, config class defaults); we refuse instead of guessing.
     d = dict(HUB_2B)
     d.pop("rms_norm_eps")
     with pytest.raises(ValueError, match="rms_norm_eps"):

@@ -1,4 +1,4 @@
-"""Host-side layout: M-RoPE positions (spec §3.3), vision ids (§2.2, §2.5), scatter (§2.7)."""
+"""Host-side layout: M-RoPE positions (docs/mrope.md), vision ids, scatter order (docs/numerics.md)."""
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ IDS = dict(spatial_merge_size=2, image_token_id=IMG, video_token_id=VID, vision_
 
 def test_spec_worked_example_with_video_longer_than_wide():
     # [pad, pad, T, T, <vs>, IMG x6 (1x4x6), <ve>, T, <vs>, VID x4 (4x2x2), <ve>, T, T]; checked
-    # against transformers 4.57.6 in the spec. The video has T'=4 > H'=W'=1 (the rule that
+    # against transformers 4.57.6 (docs/mrope.md). The video has T'=4 > H'=W'=1 (the rule that
     # transformers >= 5.3 changed).
     ids = [PAD, PAD, T, T, VS] + [IMG] * 6 + [VE, T, VS] + [VID] * 4 + [VE, T, T]
     mask = [0, 0] + [1] * (len(ids) - 2)

@@ -5,7 +5,7 @@ HF Linear weights are ``[out, in]``; ours are einsum kernels with split head axe
 Decoder and ViT layers are stacked (leading ``layers`` axis): a rule with ``{i}`` in its name
 fills one slice of the stacked parameter. Names are accepted in the on-disk form
 (``model.layers.*``, ``visual.*``) and in the transformers >= 4.52 in-memory form
-(``model.language_model.*``, ``model.visual.*``), spec §8.2.
+(``model.language_model.*``, ``model.visual.*``); see docs/checkpoint_names.md.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Rule:
 
 
 def normalize_hf_name(name: str) -> str:
-    """Map transformers >= 4.52 in-memory names to the on-disk names (spec §8.2)."""
+    """Map transformers >= 4.52 in-memory names to the on-disk names (docs/checkpoint_names.md)."""
     if name.startswith("model.language_model."):
         return "model." + name[len("model.language_model."):]
     if name.startswith("model.visual."):
@@ -71,7 +71,7 @@ def build_rules(cfg: ModelConfig) -> list[Rule]:
     vb = ("visual", "blocks")
     dl = ("decoder", "layers")
     rules = [
-        # Conv3d [E, C, T, P, P] <-> linear [C*T*P*P, E] (spec §2.1).
+        # Conv3d [E, C, T, P, P] <-> linear [C*T*P*P, E] (docs/checkpoint_names.md, Layouts).
         Rule("visual.patch_embed.proj.weight", ("visual", "patch_embed"),
              lambda x: x.reshape(x.shape[0], -1).T,
              lambda x: x.T.reshape(e, v.in_channels, v.temporal_patch_size, v.patch_size, v.patch_size)),
@@ -79,7 +79,7 @@ def build_rules(cfg: ModelConfig) -> list[Rule]:
         Rule(lb + "norm1.bias", vb + ("norm1", "bias"), _identity, _identity),
         Rule(lb + "norm2.weight", vb + ("norm2", "scale"), _identity, _identity),
         Rule(lb + "norm2.bias", vb + ("norm2", "bias"), _identity, _identity),
-        # qkv rows are [q | k | v], each head-major (spec §2.4).
+        # qkv rows are [q | k | v], each head-major (docs/checkpoint_names.md, Layouts).
         Rule(lb + "attn.qkv.weight", vb + ("qkv_kernel",),
              lambda x: x.T.reshape(e, 3, vh, vd), lambda x: x.reshape(e, -1).T),
         Rule(lb + "attn.qkv.bias", vb + ("qkv_bias",),

@@ -25,7 +25,7 @@ def get_rope_index(
     video_token_id: int,
     vision_start_token_id: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """M-RoPE positions int64[3, B, S] and rope deltas int64[B, 1] (spec §3.3, original rule).
+    """M-RoPE positions int64[3, B, S] and rope deltas int64[B, 1] (original rule; docs/mrope.md).
 
     Text continues at max(previous)+1; a vision block of LLM grid (T', H', W') starting at
     ``base`` gets (base+t, base+h, base+w); the next text starts at base + max(T', H', W').

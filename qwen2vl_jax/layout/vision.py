@@ -45,7 +45,7 @@ def check_grid(grid_thw: Any, num_patches: int, merge_size: int, name: str = "im
 
 
 def vision_position_ids(grid_thw: Any, merge_size: int) -> np.ndarray:
-    """int32[N, 2]: (row, col) of each patch, in merge-window order, tiled over t (spec §2.2)."""
+    """int32[N, 2]: (row, col) of each patch, in merge-window order, tiled over t (HF ``rot_pos_emb``)."""
     grid = _as_grid(grid_thw, "grid_thw")
     out = []
     m = merge_size
@@ -73,7 +73,7 @@ def vision_scatter_index(input_ids: np.ndarray, image_token_id: int, video_token
     """int32[B, S]: row of ``concat(image_feats, video_feats)`` for each placeholder, else -1.
 
     Placeholders are filled in row-major (batch, sequence) order, images first then videos, as
-    torch's ``masked_scatter`` does (spec §2.7).
+    torch's ``masked_scatter`` does (docs/numerics.md, Scatter order).
     """
     ids = np.asarray(input_ids)
     index = np.full(ids.shape, -1, dtype=np.int32)

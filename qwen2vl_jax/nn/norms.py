@@ -1,4 +1,4 @@
-"""Normalisation layers with the exact precision rules of the reference (spec §10.4-5)."""
+"""Normalisation layers with the exact precision rules of the reference (docs/numerics.md)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,10 @@
 
 Every weight carries its logical axes (``embed``, ``heads``, ``mlp``, ``vocab``, ...) as the
 ``out_sharding`` metadata of its ``nnx.Param``; sharding.py maps those names to mesh axes with one
-rules table. ``eager_sharding=False`` keeps creation mesh-free (JAX_NOTES: flax 0.12 eager
-sharding raises without an active mesh); the sharding is applied when params are placed.
+rules table. ``eager_sharding=False`` keeps creation mesh-free (flax 0.12 eager
+sharding raises without an active mesh: Flax FLIP 4844, "Variable eager sharding",
+flax.readthedocs.io/en/latest/flip/4844-var-eager-sharding.html); the sharding is applied when
+params are placed.
 """
 
 from __future__ import annotations

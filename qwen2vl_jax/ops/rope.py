@@ -1,7 +1,7 @@
-"""Rotary position embeddings: the ViT's 2D rotary (spec §2.3) and the decoder's M-RoPE (§3.2).
+"""Rotary position embeddings: the ViT's 2D rotary and the decoder's M-RoPE (docs/mrope.md).
 
 Both use the half-split ``rotate_half`` pairing (dim c with dim c + d/2), not interleaved pairs.
-Angles are always computed in float32 from float32 inverse frequencies (spec §10.1-3).
+Angles are always computed in float32 from float32 inverse frequencies (docs/numerics.md).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def vision_rotary_cos_sin(pos_hw: jax.Array, head_dim: int, theta: float) -> tup
     """cos/sin tables of the ViT's 2D rotary.
 
     pos_hw: int32[N, 2] (row, col) of each patch (layout.vision_position_ids).
-    Returns float32[N, head_dim] each; head-dim layout [h, w, h, w] (spec §2.3).
+    Returns float32[N, head_dim] each; head-dim layout [h, w, h, w] (docs/numerics.md, Vision rotary).
     """
     inv_freq = jnp.asarray(inverse_frequencies(head_dim // 2, theta))  # [head_dim/4]
     pos = pos_hw.astype(jnp.float32)
@@ -41,7 +41,7 @@ def vision_rotary_cos_sin(pos_hw: jax.Array, head_dim: int, theta: float) -> tup
 
 
 def apply_vision_rotary(q: jax.Array, k: jax.Array, cos: jax.Array, sin: jax.Array):
-    """Rotate q, k ``[..., N, heads, d]`` in float32 and cast back (spec §10.2)."""
+    """Rotate q, k ``[..., N, heads, d]`` in float32 and cast back (HF ``apply_rotary_pos_emb_vision``)."""
     cos, sin = cos[:, None, :], sin[:, None, :]
     q_rot = apply_rotary(q.astype(jnp.float32), cos, sin).astype(q.dtype)
     k_rot = apply_rotary(k.astype(jnp.float32), cos, sin).astype(k.dtype)
@@ -60,7 +60,7 @@ def mrope_cos_sin(
     """cos/sin of M-RoPE.
 
     position_ids: int[3, B, S] (temporal, height, width streams; layout.get_rope_index).
-    Returns [B, S, head_dim] each, computed in float32 and cast to ``dtype`` (spec §3.2, §10.1):
+    Returns [B, S, head_dim] each, computed in float32 and cast to ``dtype`` (docs/numerics.md):
     frequency j uses stream ``owner(j)`` and fills dims j and j + head_dim/2.
     """
     inv_freq = jnp.asarray(inverse_frequencies(head_dim, theta))  # [head_dim/2]

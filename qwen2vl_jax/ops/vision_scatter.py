@@ -1,4 +1,4 @@
-"""Place merged vision tokens into the text embedding sequence (spec §2.7).
+"""Place merged vision tokens into the text embedding sequence (docs/numerics.md, Scatter order).
 
 The host computes ``scatter_index`` (layout.vision_scatter_index): for every (batch, position),
 the row of the concatenated [image features; video features] that fills it, or -1 for text.

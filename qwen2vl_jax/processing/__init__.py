@@ -1,4 +1,4 @@
-"""Qwen2-VL input processing: images, videos, tokenizer, chat template (spec §1.3, §4, §5).
+"""Qwen2-VL input processing: images, videos, tokenizer, chat template (docs/preprocessing.md).
 
 Pure numpy + PIL + tokenizers; PyAV is imported only when a video file is given.
 """

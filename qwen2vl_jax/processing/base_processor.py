@@ -142,7 +142,7 @@ class BaseVisionProcessor:
     def target_size(
         self, height: int, width: int, name: str, min_pixels: int, max_pixels: int
     ) -> tuple[int, int]:
-        """smart_resize (spec §4.1) with the input named in any error."""
+        """smart_resize (docs/preprocessing.md) with the input named in any error."""
         if not self.do_resize:
             if height % self.factor or width % self.factor:
                 raise ValueError(
@@ -157,7 +157,7 @@ class BaseVisionProcessor:
     def frames_to_patches(
         self, frames: Sequence[RGBImage], height: int, width: int
     ) -> tuple[np.ndarray, tuple[int, int, int]]:
-        """Resize every frame to (height, width) and flatten (spec §4.2-§4.5).
+        """Resize every frame to (height, width) and flatten (docs/preprocessing.md).
 
         Returns:
             patches: float32[gt * gh * gw, 3 * T * P * P]; grid_thw: (gt, gh, gw).

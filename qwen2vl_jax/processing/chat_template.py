@@ -1,4 +1,4 @@
-"""The Qwen2-VL-Instruct chat template (spec §5), in plain Python.
+"""The Qwen2-VL-Instruct chat template (docs/preprocessing.md), in plain Python.
 
 Produces exactly what transformers renders with the Jinja `chat_template` of the Instruct
 checkpoints (also in transformers' `test_processor_qwen2_vl.py`), including its quirks: the

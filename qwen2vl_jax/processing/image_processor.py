@@ -1,4 +1,4 @@
-"""`Qwen2VLImageProcessor`: images -> `pixel_values` + `image_grid_thw` (spec §4).
+"""`Qwen2VLImageProcessor`: images -> `pixel_values` + `image_grid_thw` (docs/preprocessing.md).
 
 Matches transformers 4.57.6's slow (PIL) `Qwen2VLImageProcessor` bit for bit, but with the hub
 budget (min 3136, max 12,845,056 pixels) as the default instead of transformers' class default

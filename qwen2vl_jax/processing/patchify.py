@@ -1,4 +1,4 @@
-"""Temporal padding and the exact patch flattening order of spec §4.3 and §4.5."""
+"""Temporal padding and the exact patch flattening order (docs/preprocessing.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ def pad_frames(frames: np.ndarray, temporal_patch_size: int) -> np.ndarray:
     """Repeat the last frame until the frame count is a multiple of `temporal_patch_size`.
 
     frames: float32[F, C, H, W] -> float32[ceil(F / T) * T, C, H, W]. A single image (F = 1)
-    becomes two identical frames, so its grid_t is 1 (spec §4.3).
+    becomes two identical frames, so its grid_t is 1.
     """
     remainder = frames.shape[0] % temporal_patch_size
     if remainder == 0:

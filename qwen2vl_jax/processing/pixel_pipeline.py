@@ -1,4 +1,4 @@
-"""Resize, rescale and normalise one RGB frame exactly like the reference slow path (spec §4.2).
+"""Resize, rescale and normalise one RGB frame exactly like the reference slow path (docs/preprocessing.md).
 
 The float arithmetic is kept in the reference's order and dtypes, because the parity target is
 |diff| <= 1e-5: rescale multiplies in float64 and stores float32, and normalisation runs in

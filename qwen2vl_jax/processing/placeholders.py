@@ -1,4 +1,4 @@
-"""Expanding `<|image_pad|>` / `<|video_pad|>` to one token per merged patch (spec §5)."""
+"""Expanding `<|image_pad|>` / `<|video_pad|>` to one token per merged patch (docs/preprocessing.md)."""
 
 from __future__ import annotations
 

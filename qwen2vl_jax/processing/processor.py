@@ -1,4 +1,4 @@
-"""`Qwen2VLProcessor`: text + images + videos -> model inputs (spec §5).
+"""`Qwen2VLProcessor`: text + images + videos -> model inputs (docs/preprocessing.md).
 
 processor = Qwen2VLProcessor.from_pretrained("/path/to/Qwen2-VL-2B-Instruct")
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)

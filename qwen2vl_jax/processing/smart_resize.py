@@ -1,4 +1,4 @@
-"""`smart_resize`: the target (height, width) of an image or video frame (spec §4.1).
+"""`smart_resize`: the target (height, width) of an image or video frame (docs/preprocessing.md).
 
 Both sides become multiples of `factor` (= patch_size * merge_size = 28) and the area is pulled
 into [min_pixels, max_pixels] while keeping the aspect ratio as well as the 28-px grid allows.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-# qwen-vl-utils and transformers both refuse images more elongated than this (spec §4.1).
+# qwen-vl-utils and transformers both refuse images more elongated than this (their smart_resize).
 MAX_ASPECT_RATIO = 200
 
 SmartResizeVariant = Literal["hf", "qwen_vl_utils"]

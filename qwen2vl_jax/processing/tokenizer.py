@@ -1,7 +1,7 @@
 """`Qwen2VLTokenizer`: the checkpoint's `tokenizer.json` through the `tokenizers` library.
 
 No BOS is added (the Qwen2 tokenizer has `bos_token: null`), batches are padded on the LEFT
-with `<|endoftext|>` (spec §1.3). Special-token ids are looked up in the file, never hard-coded.
+with `<|endoftext|>` (docs/preprocessing.md). Special-token ids are looked up in the file, never hard-coded.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-# Token strings of spec §1.3; their ids come from tokenizer.json.
+# Special-token strings (docs/preprocessing.md); their ids come from tokenizer.json.
 IMAGE_TOKEN = "<|image_pad|>"
 VIDEO_TOKEN = "<|video_pad|>"
 VISION_START_TOKEN = "<|vision_start|>"

@@ -1,4 +1,4 @@
-"""`Qwen2VLVideoProcessor`: videos -> `pixel_values_videos` + `video_grid_thw` (spec §4.6).
+"""`Qwen2VLVideoProcessor`: videos -> `pixel_values_videos` + `video_grid_thw` (docs/preprocessing.md).
 
 A video is either
 * a file path: decoded with PyAV, frames sampled and pre-resized as qwen-vl-utils 0.0.8 does
@@ -9,7 +9,7 @@ A video is either
 
 The frames then follow the image pipeline of the reference slow path: smart_resize with this
 processor's budget (a no-op for qwen-vl-utils-sized frames), PIL bicubic, rescale, CLIP
-normalisation, padding to an even frame count by repeating the last frame, and the §4.5
+normalisation, padding to an even frame count by repeating the last frame, and the patch
 flattening. Known differences from the torchvision-based references (not installable here):
 qwen-vl-utils and transformers' video processor resize with torchvision bicubic+antialias
 (a few uint8 levels from PIL) and transformers fuses rescale+normalise in float32 (~1e-7).

@@ -1,5 +1,5 @@
 """Frame sampling and the per-frame pixel budget for video files, as qwen-vl-utils 0.0.8 (the
-Qwen2-VL-era release) does it (spec §4.6)."""
+Qwen2-VL-era release, ``vision_process.py``) does it (docs/preprocessing.md)."""
 
 from __future__ import annotations
 

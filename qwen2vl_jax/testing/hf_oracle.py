@@ -1,4 +1,6 @@
-"""The parity oracle: tiny random transformers==4.57.6 Qwen2-VL models built in code (spec §7).
+"""The parity oracle: tiny random transformers==4.57.6 Qwen2-VL models built in code,
+in the manner of transformers' ``Qwen2VLVisionText2TextModelTester``
+(tests/models/qwen2_vl/test_modeling_qwen2_vl.py).
 
 Nothing is downloaded: configs, weights and inputs are generated here. Shared by the parity
 tests; importing it requires torch and transformers (the ``[parity]`` extra).
@@ -11,7 +13,8 @@ import torch
 from transformers import Qwen2VLConfig
 from transformers import Qwen2VLForConditionalGeneration as HFModel
 
-# Token ids of the tiny vocab (spec §7 tester layout, merge size 2 as recommended).
+# Token ids of the tiny vocab (small ids, as in transformers' tiny-model tester); merge size 2, so
+# the 2x2 merge is exercised.
 PAD, BOS, EOS, VISION_START, IMAGE, VIDEO, VISION_END = 0, 1, 2, 3, 4, 5, 6
 VOCAB = 128
 MERGE = 2

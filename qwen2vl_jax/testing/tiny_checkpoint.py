@@ -9,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-# Special tokens in Qwen2's order (spec §1.3); their ids here are small, which checks that code
+# Special tokens in Qwen2's order (docs/preprocessing.md); their ids here are small, which checks that code
 # looks ids up instead of hard-coding 151643...
 QWEN_SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",

@@ -61,7 +61,7 @@ def test_a_block_that_meets_nothing_has_count_zero_and_start_in_bounds():
 
 
 def test_vit_stream_of_16_images_visits_one_sixteenth_of_dense():
-    """Issue target (a): 16 images x 1,024 patches, 128-blocks: at most 1/12 of dense (ideal 1/16)."""
+    """Shape (a) target: 16 images x 1,024 patches, 128-blocks: at most 1/12 of dense (ideal 1/16)."""
     seg = jnp.repeat(jnp.arange(16, dtype=jnp.int32), 1024)[None]
     visited = int(blocks_visited(seg, seg, 128, 128, False))
     dense = (seg.shape[1] // 128) ** 2

@@ -25,7 +25,7 @@ PIL_CASES = [
     (10, 1999, "RGB"),  # aspect ratio 199.9, just allowed
     (2000, 12, "RGB"),  # very tall
     (28, 5600, "RGB"),  # ratio exactly 200
-    (720, 1280, "RGB"),  # spec §4.4 example: grid (1, 52, 92)
+    (720, 1280, "RGB"),  # docs/preprocessing.md example: grid (1, 52, 92)
     (1500, 2000, "RGB"),  # large
     (333, 500, "P"),
     (64, 96, "CMYK"),
@@ -126,7 +126,7 @@ def test_batch_of_mixed_images_parity(make_image):
 def test_from_pretrained_reads_hub_budget(checkpoint_dir):
     proc = Qwen2VLImageProcessor.from_pretrained(checkpoint_dir)
     assert (proc.min_pixels, proc.max_pixels) == HUB_BUDGET
-    # 3000x4000 -> (2996, 4004) under the hub budget (spec §4.1), not (840, 1148).
+    # 3000x4000 -> (2996, 4004) under the hub budget (docs/preprocessing.md), not (840, 1148).
     assert proc.target_size(3000, 4000, "x", proc.min_pixels, proc.max_pixels) == (2996, 4004)
     again = Qwen2VLImageProcessor.from_pretrained(_saved(proc, checkpoint_dir))
     assert again.to_dict() == proc.to_dict()
@@ -139,7 +139,7 @@ def _saved(proc, base) -> str:
 
 
 def test_flatten_order_coordinate_coded():
-    """Spec §4.5 on a coordinate-coded image: row k is patch (bh*2+mh, bw*2+mw)."""
+    """Patch order (docs/preprocessing.md), coordinate-coded image: row k is patch (bh*2+mh, bw*2+mw)."""
     from qwen2vl_jax.processing.patchify import flatten_patches, pad_frames
 
     gh, gw, p = 4, 6, 14

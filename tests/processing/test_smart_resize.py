@@ -1,4 +1,4 @@
-"""smart_resize: spec §4.1 examples and hypothesis-checked invariants."""
+"""smart_resize: the docs/preprocessing.md examples and hypothesis-checked invariants."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def test_invariants(h, w, min_tokens, extra_tokens):
     rh, rw = smart_resize(h, w, F, lo, hi)
     # Multiples of 28, at least one merged token per side.
     assert rh % F == 0 and rw % F == 0 and rh >= F and rw >= F
-    # Within budget, branch by branch (spec §4.1).
+    # Within budget, branch by branch (docs/preprocessing.md).
     rounded = (round(h / F) * F, round(w / F) * F)
     area = rounded[0] * rounded[1]
     if area > hi:  # shrink: under the max unless a side had to be clamped up to one factor

@@ -5,7 +5,7 @@ torchvision cannot be installed next to this torch build, so it cannot run here.
 1. transformers' slow `Qwen2VLImageProcessor(videos=...)` (its backward-compatible video path:
    per-frame PIL resize, the same smart_resize, rescale/normalise, temporal pad, flatten) --
    pixel-exact parity, and
-2. an independent numpy re-implementation of the torchvision video processor's math (spec §4.6:
+2. an independent numpy re-implementation of the torchvision video processor's math (docs/preprocessing.md:
    fused `(x - 255 mean) / (255 std)` in float32, batched permute(0,1,4,7,5,8,3,2,6,9)) on
    frames whose size is already a multiple of 28, where torchvision's resize is skipped.
 """
@@ -94,7 +94,7 @@ def test_several_videos_and_layouts(make_pixels):
 
 
 def test_spec_sampling_example():
-    # Spec §4.6: 300 frames at 30 fps, 640x360 -> 20 frames, 644x364, grid (10, 26, 46).
+    # docs/preprocessing.md example: 300 frames at 30 fps, 640x360 -> 20 frames, 644x364, grid (10, 26, 46).
     count = num_sampled_frames(300, 30.0)
     assert count == 20
     h, w = smart_resize(360, 640, 28, VIDEO_MIN_PIXELS, video_max_pixels(count), variant="qwen_vl_utils")
