@@ -6,15 +6,16 @@
   causal, the key is not after the query; when Sq < Skv the queries are the last Sq positions).
   Query head h uses kv head h // (Hq // Hkv) (GQA, HF ``repeat_kv``). Softmax statistics are fp32.
 Padding gets its own segment id, so no row is ever fully masked in practice. If one is, ``xla``
-gives it a uniform softmax (HF masks with finfo.min, not -inf: spec §10.7) and ``block_sparse``
+gives it a uniform softmax (HF masks with finfo.min, not -inf: docs/numerics.md) and ``block_sparse``
 gives 0; neither gives NaN (splash would: it divides by zero).
 
 Implementations (``IMPLEMENTATIONS``):
   * ``xla``: dense einsum/softmax in fp32 with a segment mask; the oracle, runs everywhere.
   * ``xla_blocked``: each query block visits the key blocks its segments can meet (the kernels'
     block ranges), in an XLA loop with an online softmax; sparse for sorted ids (the packed ViT
-    stream), exact for any. Forward is sparse, gradient exact through the dense formula.
-    Non-causal with lengths that are multiples of 128; otherwise falls back to xla.
+    stream), exact for any. Forward and backward (FlashAttention-2 style) are sparse; see
+    ``ops/blocked_attention.py``. Runs when Sq and Skv are multiples of 128, Skv > 128 and, if
+    causal, Sq == Skv; every other shape falls back to xla.
   * ``block_sparse`` (ours, ``kernels/``): Pallas flash attention that visits only the key blocks
     whose segment range meets the query block, forward and backward; Mosaic on TPU, Triton on
     GPU. Cost ~ sum of squared segment lengths instead of (stream length)^2.
@@ -35,10 +36,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from qwen2vl_jax.kernels.block_table import kv_ranges
+from qwen2vl_jax.ops.blocked_attention import blocked_attention, covers
 
 IMPLEMENTATIONS = ("auto", "xla", "xla_blocked", "block_sparse", "splash", "pallas_gpu", "cudnn")
-BLOCK = 128  # xla_blocked's block
 PALLAS_MIN_LEN = 128  # shorter sequences (decode steps, tiny tests) are cheaper in plain XLA
 
 
@@ -75,8 +75,8 @@ def attention(
     if impl == "auto":
         impl = resolve_impl(platform, s_q, s_kv, causal)
     blocks = {k_: v_ for k_, v_ in (("block_q", block_q), ("block_kv", block_kv)) if v_ is not None}
-    if impl == "xla_blocked" and not causal and s_q % BLOCK == 0 and s_kv % BLOCK == 0 and s_kv > BLOCK:
-        return _blocked_attention(q, k, v, q_segment_ids, kv_segment_ids, scale)
+    if impl == "xla_blocked" and covers(s_q, s_kv, causal):
+        return blocked_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, causal)
     if impl in ("block_sparse", "splash", "pallas_gpu"):
         from qwen2vl_jax.kernels.mesh import run_sharded
 
@@ -155,7 +155,7 @@ def _xla_attention(q, k, v, q_seg, kv_seg, causal, scale):
     scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k, preferred_element_type=jnp.float32) * scale
     mask = segment_mask(q_seg, kv_seg, causal)[:, None, None, :, :]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    # Softmax in float32, probabilities cast to the value dtype before @V (HF eager, spec §10.6).
+    # Softmax in float32, probabilities cast to the value dtype before @V (HF ``eager_attention_forward``).
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v, preferred_element_type=jnp.float32)
     return out.astype(q.dtype).reshape(b, sq, hq, d)
@@ -173,73 +173,3 @@ def _check_shapes(q, k, v, q_seg, kv_seg):
     if q_seg.shape != q.shape[:2] or kv_seg.shape != k.shape[:2]:
         raise ValueError(f"attention: segment ids {q_seg.shape}/{kv_seg.shape} do not match "
                          f"q {q.shape[:2]} / kv {k.shape[:2]}")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _blocked_attention(q, k, v, q_seg, kv_seg, scale):
-    return _blocked_forward(q, k, v, q_seg, kv_seg, scale)
-
-
-def _blocked_fwd(q, k, v, q_seg, kv_seg, scale):
-    return _blocked_forward(q, k, v, q_seg, kv_seg, scale), (q, k, v, q_seg, kv_seg)
-
-
-def _blocked_bwd(scale, res, g):
-    # Same function as the dense formula, so its gradient is exact (at dense cost).
-    q, k, v, q_seg, kv_seg = res
-    _, vjp = jax.vjp(lambda q_, k_, v_: _xla_attention(q_, k_, v_, q_seg, kv_seg, False, scale), q, k, v)
-    return (*vjp(g), None, None)
-
-
-_blocked_attention.defvjp(_blocked_fwd, _blocked_bwd)
-
-
-def _blocked_forward(q, k, v, q_seg, kv_seg, scale):
-    """Online-softmax attention over the key blocks each query block can meet.
-
-    Key block j is visited by query block i iff it lies in i's range from ``kernels.block_table``
-    (tight for non-decreasing ids, a superset otherwise). The loop runs max_i(span_i) times over
-    all query blocks at once (fixed shapes; trip count on device).
-    """
-    b, s, hq, d = q.shape
-    hkv = k.shape[2]
-    g = hq // hkv
-    nq, nk = s // BLOCK, k.shape[1] // BLOCK
-    qb = q.reshape(b, nq, BLOCK, hkv, g, d)
-    kb = k.reshape(b, nk, BLOCK, hkv, d)
-    vb = v.reshape(b, nk, BLOCK, hkv, d)
-    qs = q_seg.reshape(b, nq, BLOCK)
-    ks = kv_seg.reshape(b, nk, BLOCK)
-    # The kernels' bookkeeping: a contiguous range of key blocks per query block (exact for
-    # sorted ids, a superset otherwise, so any ids stay correct).
-    table = kv_ranges(q_seg, kv_seg, BLOCK, BLOCK, causal=False)
-    first, span, trips = table.start, table.count, table.max_count
-
-    def body(t, carry):
-        m, l, acc = carry  # m, l: [b, nq, hkv, g, BLOCK]; acc: [b, nq, BLOCK, hkv, g, d]
-        j = jnp.clip(first + t, 0, nk - 1)
-        kj = jnp.take_along_axis(kb, j[:, :, None, None, None], axis=1)
-        vj = jnp.take_along_axis(vb, j[:, :, None, None, None], axis=1)
-        sj = jnp.take_along_axis(ks, j[:, :, None], axis=1)
-        scores = jnp.einsum("bnqhgd,bnkhd->bnhgqk", qb, kj, preferred_element_type=jnp.float32) * scale
-        valid = (qs[:, :, :, None] == sj[:, :, None, :]) & (t < span)[:, :, None, None]
-        valid = valid[:, :, None, None]
-        scores = jnp.where(valid, scores, -jnp.inf)
-        m_new = jnp.maximum(m, scores.max(-1))
-        m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-        p = jnp.where(valid, jnp.exp(scores - m_safe[..., None]), 0.0)
-        alpha = jnp.where(jnp.isfinite(m), jnp.exp(m - m_safe), 0.0)
-        l = l * alpha + p.sum(-1)
-        # p stays fp32 (unnormalised, so rounding it to bf16 would cost more than the dense
-        # path's rounding of normalised probabilities).
-        pv = jnp.einsum("bnhgqk,bnkhd->bnqhgd", p, vj.astype(jnp.float32), preferred_element_type=jnp.float32)
-        acc = acc * jnp.moveaxis(alpha, -1, 2)[..., None] + pv
-        return m_new, l, acc
-
-    init = (jnp.full((b, nq, hkv, g, BLOCK), -jnp.inf, jnp.float32),
-            jnp.zeros((b, nq, hkv, g, BLOCK), jnp.float32),
-            jnp.zeros((b, nq, BLOCK, hkv, g, d), jnp.float32))
-    _, l, acc = jax.lax.fori_loop(0, trips, body, init)
-    l = jnp.moveaxis(l, -1, 2)[..., None]
-    out = acc / jnp.where(l > 0, l, 1.0)  # a query with no key at all gets 0 (never in the ViT)
-    return out.astype(q.dtype).reshape(b, s, hq, d)
