@@ -17,7 +17,6 @@ Inputs are numpy (or anything array-like); all layout bookkeeping runs on the ho
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from collections.abc import Callable
@@ -41,13 +40,17 @@ from qwen2vl_jax.layout import (
     vision_position_ids,
     vision_segment_ids,
 )
-from qwen2vl_jax.model import Qwen2VL, abstract_model
+from qwen2vl_jax.model import abstract_model, init_params
+from qwen2vl_jax.sharding.mesh import make_mesh
+from qwen2vl_jax.sharding.params import param_shardings
+from qwen2vl_jax.sharding.placement import DeviceSink
 
 
-def _place(path: tuple[str, ...], host: np.ndarray) -> jax.Array:
-    """Host buffer -> device array. device_put copies asynchronously; waiting before the buffer
-    is dropped keeps at most one extra tensor alive (else several pile up: +0.3x the model)."""
-    return jax.block_until_ready(jax.device_put(host))
+def resolve_mesh(mesh: Any, runtime: RuntimeConfig) -> jax.sharding.Mesh:
+    """A ``Mesh`` as given, or built from a string (or ``runtime.mesh``) over all devices."""
+    if isinstance(mesh, jax.sharding.Mesh):
+        return mesh
+    return make_mesh(mesh if mesh is not None else runtime.mesh)
 
 
 @dataclasses.dataclass
@@ -65,55 +68,71 @@ class Qwen2VLOutput:
 
 
 class Qwen2VLForConditionalGeneration:
-    """Holds ``(config, runtime, graphdef, params)``; every computation is a jitted pure function.
+    """Holds ``(config, runtime, mesh, graphdef, params)``; every computation is a jitted pure
+    function run under ``jax.set_mesh(mesh)``, with every parameter sharded by the rules table.
 
-    ``params`` (a pure dict or ``nnx.State``) gives the weights; without it the model is randomly
-    initialised from ``seed``.
+    ``params`` (a pure dict or ``nnx.State`` of host or device arrays) gives the weights, each
+    placed onto its sharding; without it the model is randomly initialised from ``seed`` under
+    ``jit`` straight into its shards. ``mesh``: a ``Mesh``, a string such as ``"fsdp=4,tensor=2"``,
+    or None for ``runtime.mesh`` (default: every device on ``fsdp``).
     """
 
     def __init__(self, config: ModelConfig, params: Any = None, *, runtime: RuntimeConfig | None = None,
-                 seed: int = 0, generation_config: dict[str, Any] | None = None):
+                 mesh: Any = None, seed: int = 0, generation_config: dict[str, Any] | None = None):
         self.config = config
         self.runtime = runtime or RuntimeConfig()
+        self.mesh = resolve_mesh(mesh, self.runtime)
         self.generation_config = dict(generation_config or {})
+        abstract = abstract_model(config, self.runtime)
+        self.graphdef, state = nnx.split(abstract, nnx.Param)
+        self.shardings = param_shardings(state, self.mesh)
         if params is None:
-            model = Qwen2VL(config, self.runtime, rngs=nnx.Rngs(seed))
+            with jax.set_mesh(self.mesh):
+                pure = init_params(config, self.runtime, seed, self.shardings)
         else:
-            model = abstract_model(config, self.runtime)
-            state = nnx.state(model, nnx.Param)
-            nnx.replace_by_pure_dict(state, params if isinstance(params, dict) else nnx.to_pure_dict(params))
-            nnx.update(model, state)
-        self.graphdef, self.params = nnx.split(model, nnx.Param)
+            pure = params if isinstance(params, dict) else nnx.to_pure_dict(params)
+            pure = jax.tree.map(lambda x, sh: x if getattr(x, "sharding", None) == sh else jax.device_put(x, sh),
+                                pure, self.shardings)
+        nnx.replace_by_pure_dict(state, pure)
+        self.params = state
         self._jitted: dict[Any, Callable] = {}
 
     # ------------------------------------------------------------------ loading / saving
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: Any = "float32",
-                        progress: Callable[[str], None] | None = None, *, runtime: RuntimeConfig | None = None,
+                        progress: Callable[[str], None] | None = None, *, mesh: Any = None,
+                        runtime: RuntimeConfig | None = None, after_write: Callable[[], None] | None = None,
                         **runtime_fields: Any) -> Qwen2VLForConditionalGeneration:
-        """Load a HF safetensors directory or a native Orbax checkpoint into ``dtype`` params.
+        """Load a HF safetensors directory or a native Orbax checkpoint into ``dtype`` params,
+        each tensor straight onto its shards of ``mesh`` (see ``__init__``): the host holds one
+        tensor (one layer of a stacked parameter) at a time, every device only its shards.
 
         ``dtype`` sets both the weights' and the compute dtype; other ``RuntimeConfig`` fields
         (``text_attention_impl=...``, ``buckets=...``) may be given as keywords, or a whole
-        ``runtime``."""
+        ``runtime``. ``after_write`` is called after each tensor is placed (tests measure memory)."""
         d = Path(path)
         if not (d / "config.json").exists():
             raise ValueError(f"{d}: no config.json (expected a HF checkpoint directory or a "
                              "qwen2vl_jax native checkpoint)")
         dt = canonical_dtype(dtype)
         runtime = (runtime or RuntimeConfig()).replace(dtype=dt, param_dtype=dt, **runtime_fields)
+        mesh = resolve_mesh(mesh, runtime)
         cfg = ModelConfig.from_json_file(d / "config.json")
-        abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg, runtime), nnx.Param))
+        state = nnx.state(abstract_model(cfg, runtime), nnx.Param)
+        shardings = param_shardings(state, mesh)
+        abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                                nnx.to_pure_dict(state), shardings)
         if is_native_checkpoint(d):
             params = load_native(d, abstract)
         else:
-            params = load_hf_weights(d, cfg, abstract, jnp.dtype(dt), place=_place, progress=progress)
+            sink = DeviceSink(jnp.dtype(dt), shardings, after_write=after_write)
+            params = load_hf_weights(d, cfg, abstract, jnp.dtype(dt), sink=sink, progress=progress)
         gen_cfg = {}
         if (d / "generation_config.json").exists():
             with open(d / "generation_config.json") as f:
                 gen_cfg = json.load(f)
-        return cls(cfg, params, runtime=runtime, generation_config=gen_cfg)
+        return cls(cfg, params, runtime=runtime, mesh=mesh, generation_config=gen_cfg)
 
     def save_pretrained(self, out_dir: str | os.PathLike, dtype: Any = None,
                         max_shard_bytes: int = 5 * 2**30) -> Path:
@@ -140,9 +159,9 @@ class Qwen2VLForConditionalGeneration:
         return sum(int(x.size) for x in jax.tree.leaves(self.params))
 
     def cached_jit(self, key: Any, build: Callable[[], Callable]) -> Callable:
-        """The jitted function stored under ``key``, built once."""
+        """The jitted function stored under ``key``, built once; it runs under the model's mesh."""
         if key not in self._jitted:
-            self._jitted[key] = build()
+            self._jitted[key] = _under_mesh(build(), self.mesh)
         return self._jitted[key]
 
     # ------------------------------------------------------------------ forward
@@ -264,12 +283,26 @@ class Qwen2VLForConditionalGeneration:
         pix = np.asarray(pixel_values, dtype=np.float32)
         merge = self.config.vision.spatial_merge_size
         grid = check_grid(grid_thw, pix.shape[0], merge, "grid_thw")
-        return _vision_fn(self.graphdef)(self.params, pix, vision_position_ids(grid, merge), vision_segment_ids(grid))
+        graphdef = self.graphdef
+        fn = self.cached_jit("vision", lambda: jax.jit(
+            lambda params, pix, pos, seg: nnx.merge(graphdef, params).visual(pix, pos, seg)))
+        return fn(self.params, pix, vision_position_ids(grid, merge), vision_segment_ids(grid))
 
 
-@functools.lru_cache(maxsize=8)
-def _vision_fn(graphdef: nnx.GraphDef) -> Callable:
-    def run(params, pix, pos, seg):
-        return nnx.merge(graphdef, params).visual(pix, pos, seg)
+class _under_mesh:
+    """A jitted function that always runs (and lowers) under ``jax.set_mesh(mesh)``."""
 
-    return jax.jit(run)
+    def __init__(self, fn: Callable, mesh: jax.sharding.Mesh):
+        self.fn, self.mesh = fn, mesh
+
+    def __call__(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.fn(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return self.fn.lower(*args, **kwargs)
+
+    def eval_shape(self, *args, **kwargs):
+        with jax.set_mesh(self.mesh):
+            return jax.eval_shape(self.fn, *args, **kwargs)

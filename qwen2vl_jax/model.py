@@ -19,8 +19,10 @@ from qwen2vl_jax.generation.cache import KVCache
 from qwen2vl_jax.nn.decoder import Decoder
 from qwen2vl_jax.nn.params import make_param, normal_init
 from qwen2vl_jax.nn.vision import VisionTower
+from qwen2vl_jax.ops.lm_head import lm_head_logits
 from qwen2vl_jax.ops.rope import mrope_cos_sin
 from qwen2vl_jax.ops.vision_scatter import scatter_vision_tokens
+from qwen2vl_jax.sharding.rules import constrain
 
 
 class Qwen2VL(nnx.Module):
@@ -42,7 +44,7 @@ class Qwen2VL(nnx.Module):
         if batch.get("pixel_values") is not None:
             feats = self.visual(batch["pixel_values"], batch["vision_pos"], batch["vision_segment_ids"])
             x = scatter_vision_tokens(x, feats, batch["scatter_index"])
-        return x
+        return constrain(x, ("batch", "sequence", "act_embed"))
 
     def rotary(self, position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
         """cos/sin [B, S, head_dim] of the decoder's position encoding for int[3, B, S] ids."""
@@ -52,23 +54,28 @@ class Qwen2VL(nnx.Module):
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:
         """lm_head with fp32 accumulation; logits are float32 (transformers 4.45's
         ``logits.float()``; later versions return the model dtype unless computing a loss)."""
-        if self.text.tie_word_embeddings:
-            return jnp.einsum("bsd,vd->bsv", h, self.embed_tokens[...].astype(self.dtype),
-                              preferred_element_type=jnp.float32)
-        return jnp.einsum("bsd,dv->bsv", h, self.lm_head[...].astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return lm_head_logits(h, self.head_weight(), tied=self.text.tie_word_embeddings, dtype=self.dtype)
+
+    def head_weight(self) -> jax.Array:
+        """The lm_head weight as stored: the embedding table [V, D] when tied, else [D, V]."""
+        return self.embed_tokens[...] if self.text.tie_word_embeddings else self.lm_head[...]
 
     def __call__(self, batch: dict[str, Any], *, cache: KVCache | None = None, collect: bool = False,
-                 last_only: bool = False) -> dict[str, Any]:
+                 last_only: bool = False, hidden_only: bool = False) -> dict[str, Any]:
         """Returns ``logits`` float32[B, S, V] (``[B, 1, V]`` of the last position with
-        ``last_only``); with ``cache``, the updated ``cache``; with ``collect`` also
-        ``inputs_embeds``, ``layer_outputs`` [L, B, S, D] (before the final norm) and
-        ``last_hidden_state``."""
+        ``last_only``), or with ``hidden_only`` the final hidden states ``hidden`` [B, S, D] instead
+        (training computes the loss from them in chunks: full logits never exist); with ``cache``,
+        the updated ``cache``; with ``collect`` also ``inputs_embeds``, ``layer_outputs``
+        [L, B, S, D] (before the final norm) and ``last_hidden_state``."""
         x = self.embed(batch)
         cos, sin = self.rotary(batch["position_ids"])
         with jax.named_scope("decoder"):
             h, per_layer, cache = self.decoder(x, cos, sin, batch["segment_ids"], cache=cache, collect=collect)
-        out: dict[str, Any] = {"logits": self.logits_from_hidden(h[:, -1:] if last_only else h)}
+        if hidden_only:
+            out: dict[str, Any] = {"hidden": h}
+        else:
+            logits = self.logits_from_hidden(h[:, -1:] if last_only else h)
+            out = {"logits": constrain(logits, ("batch", "sequence", "act_vocab"))}
         if cache is not None:
             out["cache"] = cache
         if collect:
@@ -85,6 +92,17 @@ def forward(graphdef: nnx.GraphDef, params: nnx.State, batch: dict[str, Any]) ->
 def abstract_model(cfg: ModelConfig, runtime: RuntimeConfig | None = None) -> Qwen2VL:
     """The model with ShapeDtypeStruct leaves: no memory, any size (jax.eval_shape)."""
     return nnx.eval_shape(lambda: Qwen2VL(cfg, runtime, rngs=nnx.Rngs(0)))
+
+
+def init_params(cfg: ModelConfig, runtime: RuntimeConfig, seed: int, shardings: Any = None) -> dict:
+    """Randomly initialised params (a pure dict), created under ``jit`` straight into
+    ``shardings`` (a pure dict of shardings, e.g. ``sharding.params.param_shardings``): no
+    parameter is ever whole on one device unless its sharding says so."""
+
+    def init():
+        return nnx.to_pure_dict(nnx.state(Qwen2VL(cfg, runtime, rngs=nnx.Rngs(seed)), nnx.Param))
+
+    return jax.jit(init, out_shardings=shardings)()
 
 
 def count_params(cfg: ModelConfig) -> int:

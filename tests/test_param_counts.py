@@ -1,4 +1,4 @@
-"""Full-size presets built abstractly with jax.eval_shape: exact parameter counts (spec §9.1)."""
+"""Full-size presets built abstractly with jax.eval_shape: exact parameter counts (docs/flops.md)."""
 
 import jax
 import pytest

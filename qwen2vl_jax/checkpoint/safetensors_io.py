@@ -115,25 +115,42 @@ def load_hf_weights(
     cfg: ModelConfig,
     abstract_params: dict,
     dtype: str | np.dtype,
-    place: Callable[[tuple[str, ...], np.ndarray], Any] = lambda path, x: x,
+    sink: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict:
-    """Fill a nested dict shaped like ``abstract_params`` (leaves with ``.shape``) from safetensors.
+    """Read a HF checkpoint into a nested dict shaped like ``abstract_params`` (leaves with
+    ``.shape``), one tensor at a time.
 
-    ``place(path, array)`` turns each finished host buffer into its final form (e.g.
-    ``jax.device_put`` onto a sharding); the buffer is released right after.
+    Every file's header is checked first (no tensor data is read): all missing, unexpected,
+    duplicated and wrongly-shaped tensors are reported in one ``ValueError``. Then each tensor
+    is read, transformed to our layout and handed to ``sink`` (``sharding.placement``: host
+    buffers by default, or straight onto its device shards), and dropped.
     """
-    dtype = np.dtype(dtype)
-    rules = build_rules(cfg)
-    matcher = NameMatcher(rules)
-    buffers: dict[tuple[str, ...], np.ndarray] = {}
-    filled: set[str] = set()
-    unexpected: list[str] = []
-    mismatched: list[str] = []
-    for file in checkpoint_files(directory):
+    from qwen2vl_jax.sharding.placement import HostSink
+
+    plan = _plan(directory, cfg, abstract_params)
+    sink = HostSink(np.dtype(dtype)) if sink is None else sink
+    for file, entries in plan:
         if progress:
             progress(f"reading {file.name}")
         reader = SafetensorsReader(file)
+        for name, rule, layer, full_shape in entries:
+            value = rule.to_ours(reader.get_tensor(name))
+            sink.write(rule.path, full_shape, layer, value)
+            del value
+    return sink.finish()
+
+
+def _plan(directory, cfg: ModelConfig, abstract_params: dict) -> list[tuple[Path, list[tuple]]]:
+    """(file, [(tensor name, rule, layer or None, full parameter shape)]) from headers alone."""
+    matcher = NameMatcher(build_rules(cfg))
+    filled: set[str] = set()
+    unexpected: list[str] = []
+    mismatched: list[str] = []
+    plan = []
+    for file in checkpoint_files(directory):
+        reader = SafetensorsReader(file)
+        entries = []
         for name in reader.header:
             hit = matcher.match(name)
             canonical = None
@@ -155,19 +172,12 @@ def load_hf_weights(
                 mismatched.append(f"{name}: checkpoint {stored_shape}, expected {expected_hf}")
                 filled.add(canonical)  # reported as mis-shaped, not also as missing
                 continue
-            tensor = reader.get_tensor(name)
-            value = rule.to_ours(tensor)
-            buf = buffers.get(rule.path)
-            if buf is None:
-                buf = buffers[rule.path] = np.empty(full_shape, dtype=dtype)
-            if rule.stacked:
-                buf[layer] = value
-            else:
-                buf[...] = value
             if canonical in filled:
                 unexpected.append(f"{name} (duplicate of {canonical})")
+                continue
             filled.add(canonical)
-            del tensor, value
+            entries.append((name, rule, layer, full_shape))
+        plan.append((file, entries))
     missing = [n for n in expected_hf_names(cfg) if n not in filled]
     if missing or unexpected or mismatched:
         parts = [f"checkpoint {directory} does not match the config:"]
@@ -178,13 +188,7 @@ def load_hf_weights(
         if mismatched:
             parts.append(f"  wrongly-shaped tensors ({len(mismatched)}): {mismatched}")
         raise ValueError("\n".join(parts))
-    out: dict = {}
-    for path in list(buffers):
-        node = out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = place(path, buffers.pop(path))
-    return out
+    return plan
 
 
 def iter_hf_tensors(cfg: ModelConfig, params: dict, dtype: str | np.dtype | None = None

@@ -19,6 +19,7 @@ import numpy as np
 
 from qwen2vl_jax.nn.remat import REMAT_POLICIES
 from qwen2vl_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLS
+from qwen2vl_jax.sharding.mesh import parse_mesh
 
 # Accepted spellings of the two supported floating-point types.
 DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "f32": "float32",
@@ -73,16 +74,19 @@ class RuntimeConfig:
     master weights with bf16 compute: ``param_dtype="float32", dtype="bfloat16"``).
 
     ``*_attention_impl``: one of ``ops.attention.IMPLEMENTATIONS`` per tower; ``auto`` picks per
-    platform and shape (``ops.attention.resolve_impl``). ``remat``: the rematerialisation policy
-    of the scanned layers (``nn/remat.py``).
+    platform and shape (``ops.attention.resolve_impl``). ``vision_remat`` / ``text_remat``: the
+    rematerialisation policy of each tower's scanned layers, by name (``nn/remat.py``). ``mesh``: the device mesh as a string such as
+    ``"data=2,fsdp=-1,tensor=2"`` (``sharding/mesh.py``); None puts every device on ``fsdp``.
     """
 
     dtype: str = "float32"
     param_dtype: str = "float32"
     vision_attention_impl: str = "auto"
     text_attention_impl: str = "auto"
-    remat: str = "none"
+    vision_remat: str = "none"
+    text_remat: str = "none"
     buckets: BucketConfig = dataclasses.field(default_factory=BucketConfig)
+    mesh: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
@@ -90,10 +94,13 @@ class RuntimeConfig:
         for name in ("vision_attention_impl", "text_attention_impl"):
             if getattr(self, name) not in ATTENTION_IMPLS:
                 raise ValueError(f"runtime: {name} {getattr(self, name)!r} is not one of {ATTENTION_IMPLS}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"runtime: remat {self.remat!r} is not one of {tuple(REMAT_POLICIES)}")
+        for name in ("vision_remat", "text_remat"):
+            if getattr(self, name) not in REMAT_POLICIES:
+                raise ValueError(f"runtime: {name} {getattr(self, name)!r} is not one of {tuple(REMAT_POLICIES)}")
         if not isinstance(self.buckets, BucketConfig):
             raise ValueError(f"runtime: buckets must be a BucketConfig, got {type(self.buckets).__name__}")
+        if self.mesh is not None:
+            parse_mesh(self.mesh, None)  # the syntax; the sizes are checked against the devices later
 
     def replace(self, **changes: Any) -> RuntimeConfig:
         return dataclasses.replace(self, **changes)

@@ -20,6 +20,10 @@ import jax
 import jax.numpy as jnp
 
 from qwen2vl_jax.config import TextConfig
+from qwen2vl_jax.sharding.rules import constrain, kv_head_replication
+
+# [layers, batch, slots, kv_heads, head_dim]: sharded over batch and kv heads (sharding/rules.py).
+CACHE_AXES = ("layers", "batch", "cache_slots", "act_kv_heads", "head_dim")
 
 
 def cache_length(prompt_len: int, max_new_tokens: int, multiple: int) -> int:
@@ -40,8 +44,12 @@ class KVCache:
 
     @classmethod
     def create(cls, text: TextConfig, batch: int, length: int, dtype: jnp.dtype) -> KVCache:
-        shape = (text.num_hidden_layers, batch, length, text.num_key_value_heads, text.head_dim)
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, length), jnp.int32),
+        """An empty cache; under a mesh its kv heads are those of the decoder's (possibly
+        repeated) k/v projections."""
+        kv = text.num_key_value_heads * kv_head_replication(text.num_key_value_heads)
+        shape = (text.num_hidden_layers, batch, length, kv, text.head_dim)
+        keys, values = (constrain(jnp.zeros(shape, dtype), CACHE_AXES) for _ in range(2))
+        return cls(keys, values, constrain(jnp.zeros((batch, length), jnp.int32), ("batch", "cache_slots")),
                    jnp.int32(0), fresh=True)
 
     @property

@@ -2,7 +2,8 @@
 presence table, the chunked decode loop with streaming, and timings.
 
 Works on any object with ``config``, ``runtime``, ``graphdef``, ``params``,
-``generation_config`` and a ``cached_jit(key, build)`` method (the facade in ``hf.py``).
+``generation_config`` and a ``cached_jit(key, build)`` method returning the jitted function
+wrapped to run under the model's mesh, with ``lower`` and ``eval_shape`` (the facade in ``hf.py``).
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def precompile(model: Any, settings: GenerationSettings, *, batch_sizes: tuple[i
                 count += 1
                 if progress:
                     progress(f"compiled prefill batch={B} text={S} patches={P or 0}")
-            state = jax.eval_shape(prefill, model.params, dummy_bucketed_batch(cfg, B, S, None), knobs,
-                                   presence, jax.random.key(0))
+            state = prefill.eval_shape(model.params, dummy_bucketed_batch(cfg, B, S, None), knobs,
+                                       presence, jax.random.key(0))
             for chunk in chunks:
                 _decode_fn(model, chunk, settings.do_sample).lower(model.params, state, knobs).compile()
                 count += 1

@@ -2,11 +2,10 @@
 
 A Pallas kernel is a custom call that XLA cannot partition: left to the auto-partitioner under
 a mesh, its inputs would be all-gathered onto every device. Attention is independent per batch
-row and per kv-head group, so each device runs the kernel on its own rows and heads instead.
-Batch is split over the mesh axes the logical name ``batch`` maps to, heads over those of
-``heads`` (flax logical-axis rules in context). Without rules the batch is split over every mesh
-axis (plain data parallelism) and heads are not. An axis whose size does not divide the
-dimension is dropped (that dimension is then replicated), never an error.
+row and per kv-head group, so each device runs the kernel on its own rows and heads instead:
+batch over the mesh axes of the logical name ``batch``, heads over those of ``act_heads``, from
+the one rules table (``sharding/rules.py``). As for every activation, an axis that does not
+divide the dimension (a batch of one ViT stream) is skipped and that dimension replicated.
 """
 
 from __future__ import annotations
@@ -17,32 +16,17 @@ from collections.abc import Callable
 import jax
 from jax.sharding import PartitionSpec as P
 
+from qwen2vl_jax.sharding.rules import mesh_axes_of
+
 
 def run_sharded(fn: Callable, q, k, v, q_seg, kv_seg):
     """``fn(q, k, v, q_seg, kv_seg)`` on [B, S, H, D] / [B, S] arrays, per device under a mesh."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn(q, k, v, q_seg, kv_seg)
-    batch = _axes_for("batch", mesh, q.shape[0])
-    heads = _axes_for("heads", mesh, math.gcd(q.shape[2], k.shape[2]))
+    batch = mesh_axes_of("batch", mesh, q.shape[0]) or None
+    heads = mesh_axes_of("act_heads", mesh, math.gcd(q.shape[2], k.shape[2])) or None
     qkv, ids = P(batch, None, heads, None), P(batch, None)
-    # check_vma=False: Pallas kernels' outputs carry no varying-manual-axes annotation (JAX_NOTES).
+    # check_vma=False: Pallas kernels' outputs carry no varying-manual-axes annotation.
     return jax.shard_map(fn, mesh=mesh, in_specs=(qkv, qkv, qkv, ids, ids), out_specs=qkv,
                          check_vma=False)(q, k, v, q_seg, kv_seg)
-
-
-def _axes_for(logical: str, mesh, size: int):
-    import flax.linen as nn
-
-    rules = nn.get_logical_axis_rules()
-    if rules:
-        axes = nn.logical_to_mesh_axes((logical,), rules)[0]
-        axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    elif logical == "batch":
-        axes = tuple(name for name in mesh.axis_names if mesh.shape[name] > 1)
-    else:
-        axes = ()
-    axes = tuple(a for a in axes if a in mesh.axis_names)
-    if not axes or size % math.prod(mesh.shape[a] for a in axes):
-        return None
-    return axes

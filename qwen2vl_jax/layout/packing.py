@@ -149,3 +149,15 @@ def _grid(grid: Any) -> np.ndarray:
     if grid is None:
         return np.zeros((0, 3), np.int64)
     return np.asarray(grid, np.int64).reshape(-1, 3)
+
+
+def packed_batch_shapes(cfg: Any, rows: int, text_budget: int, patch_budget: int) -> dict[str, tuple]:
+    """``{key: (shape, dtype)}`` of the model arrays of one ``pack`` result (without the stats):
+    what the compiled train step sees, for ahead-of-time compilation."""
+    R, S, P = rows, text_budget, patch_budget
+    return {
+        "input_ids": ((R, S), np.int32), "labels": ((R, S), np.int32), "segment_ids": ((R, S), np.int32),
+        "position_ids": ((3, R, S), np.int32), "scatter_index": ((R, S), np.int32),
+        "pixel_values": ((P, cfg.vision.patch_dim), np.float32), "vision_pos": ((P, 2), np.int32),
+        "vision_segment_ids": ((P,), np.int32),
+    }

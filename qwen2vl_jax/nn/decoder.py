@@ -17,9 +17,13 @@ from qwen2vl_jax.config import RuntimeConfig, TextConfig
 from qwen2vl_jax.generation.cache import KVCache
 from qwen2vl_jax.nn.norms import RMSNorm
 from qwen2vl_jax.nn.params import dense, make_param, normal_init, zeros_init
+from qwen2vl_jax.nn.remat import ATTENTION_OUT, KEY, QUERY, VALUE, tag
 from qwen2vl_jax.nn.stacked import create_stacked, scan_layers
 from qwen2vl_jax.ops.attention import attention
 from qwen2vl_jax.ops.rope import apply_rotary
+from qwen2vl_jax.sharding.rules import constrain, kv_head_replication
+
+HIDDEN = ("batch", "sequence", "act_embed")
 
 
 class DecoderLayer(nnx.Module):
@@ -28,6 +32,7 @@ class DecoderLayer(nnx.Module):
         d, h, kv, hd, i = t.hidden_size, t.num_attention_heads, t.num_key_value_heads, t.head_dim, t.intermediate_size
         self.dtype = jnp.dtype(runtime.dtype)
         self.attention_impl = runtime.text_attention_impl
+        self.num_kv_heads = kv
         self.input_norm = RMSNorm(d, t.rms_norm_eps, "embed", param_dtype=pd, rngs=rngs)
         self.post_attention_norm = RMSNorm(d, t.rms_norm_eps, "embed", param_dtype=pd, rngs=rngs)
         self.q_kernel = make_param(rngs, normal_init, (d, h, hd), ("embed", "heads", "head_dim"), pd)
@@ -41,26 +46,41 @@ class DecoderLayer(nnx.Module):
         self.up_kernel = make_param(rngs, normal_init, (d, i), ("embed", "mlp"), pd)
         self.down_kernel = make_param(rngs, normal_init, (i, d), ("mlp", "embed"), pd)
 
+    def kv_projections(self):
+        """k/v kernels and biases, each kv head repeated when ``tensor`` exceeds the kv heads
+        (sharding/rules.py): every tensor shard then computes and caches only its own kv head."""
+        weights = [self.k_kernel[...], self.k_bias[...], self.v_kernel[...], self.v_bias[...]]
+        r = kv_head_replication(self.num_kv_heads)
+        if r == 1:
+            return weights
+        return [jnp.repeat(w, r, axis=w.ndim - 2) for w in weights]
+
     def project_qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
-        """x: [B, S, D] -> rotated q [B, S, H, hd], rotated k and v [B, S, KV, hd]."""
+        """x: [B, S, D] -> rotated q [B, S, H, hd], rotated k and v [B, S, KV', hd] (KV' = KV
+        times the kv-head replication of the mesh in context, 1 without one)."""
         dt = self.dtype
         h = self.input_norm(x)
-        q = dense(h, self.q_kernel[...], self.q_bias[...], "bsd,dhk->bshk", dt)
-        k = dense(h, self.k_kernel[...], self.k_bias[...], "bsd,dhk->bshk", dt)
-        v = dense(h, self.v_kernel[...], self.v_bias[...], "bsd,dhk->bshk", dt)
+        heads = ("batch", "sequence", "act_heads", "head_dim")
+        kv_heads = ("batch", "sequence", "act_kv_heads", "head_dim")
+        k_kernel, k_bias, v_kernel, v_bias = self.kv_projections()
+        q = constrain(dense(h, self.q_kernel[...], self.q_bias[...], "bsd,dhk->bshk", dt), heads)
+        k = constrain(dense(h, k_kernel, k_bias, "bsd,dhk->bshk", dt), kv_heads)
+        v = constrain(dense(h, v_kernel, v_bias, "bsd,dhk->bshk", dt), kv_heads)
         # Text rotary runs in the activation dtype, not upcast (transformers'
         # apply_multimodal_rotary_pos_emb multiplies bf16 q by bf16 cos); see docs/numerics.md.
         c, s = cos[:, :, None, :], sin[:, :, None, :]
-        return apply_rotary(q, c, s), apply_rotary(k, c, s), v
+        return tag(apply_rotary(q, c, s), QUERY), tag(apply_rotary(k, c, s), KEY), tag(v, VALUE)
 
     def mlp(self, x: jax.Array) -> jax.Array:
         """The SwiGLU MLP block with its residual."""
         dt = self.dtype
         with jax.named_scope("mlp"):
             h = self.post_attention_norm(x)
-            gate = dense(h, self.gate_kernel[...], None, "bsd,dm->bsm", dt)
-            up = dense(h, self.up_kernel[...], None, "bsd,dm->bsm", dt)
-            return x + dense(jax.nn.silu(gate) * up, self.down_kernel[...], None, "bsm,md->bsd", dt)
+            mlp = ("batch", "sequence", "act_mlp")
+            gate = constrain(dense(h, self.gate_kernel[...], None, "bsd,dm->bsm", dt), mlp)
+            up = constrain(dense(h, self.up_kernel[...], None, "bsd,dm->bsm", dt), mlp)
+            y = dense(jax.nn.silu(gate) * up, self.down_kernel[...], None, "bsm,md->bsd", dt)
+            return constrain(x + y, HIDDEN)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array,
                  cache: KVCache | None = None, layer: jax.Array | None = None
@@ -78,7 +98,8 @@ class DecoderLayer(nnx.Module):
                 keys, values = cache.read(layer)
                 o = attention(q, keys, values, q_segment_ids=segment_ids, kv_segment_ids=cache.segment_ids,
                               causal=False, impl=self.attention_impl)
-            x = x + dense(o, self.o_kernel[...], None, "bshk,hkd->bsd", self.dtype)
+            o = tag(o, ATTENTION_OUT)
+            x = constrain(x + dense(o, self.o_kernel[...], None, "bshk,hkd->bsd", self.dtype), HIDDEN)
         return self.mlp(x), cache
 
 
@@ -87,13 +108,14 @@ class Decoder(nnx.Module):
 
     def __init__(self, t: TextConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
         self.num_layers = t.num_hidden_layers
-        self.remat = runtime.remat
+        self.remat = runtime.text_remat
         self.layers = create_stacked(lambda r: DecoderLayer(t, runtime, rngs=r), t.num_hidden_layers, rngs)
         self.norm = RMSNorm(t.hidden_size, t.rms_norm_eps, "embed", param_dtype=runtime.param_dtype, rngs=rngs)
 
     def __call__(self, x, cos, sin, segment_ids, *, cache: KVCache | None = None, collect: bool = False):
         """Returns (normed final hidden [B, S, D], per-layer outputs [L, B, S, D] if ``collect``
         else None, the updated cache or None)."""
+        x = constrain(x, HIDDEN)
         if cache is None:
             def run(layer, h, _):
                 h, _ = layer(h, cos, sin, segment_ids)

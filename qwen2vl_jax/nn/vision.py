@@ -1,7 +1,8 @@
-"""Vision tower (spec §2): patch embed -> 2D-rotary ViT blocks -> patch merger.
+"""Vision tower (HF ``Qwen2VisionTransformerPretrainedModel``): patch embed -> 2D-rotary ViT blocks
+-> patch merger.
 
 All images and video slices of a batch arrive as ONE packed patch stream; block-diagonal
-attention comes from segment ids (one segment per temporal slice, spec §2.5), never from Python
+attention comes from segment ids (one segment per temporal slice, as HF's ``cu_seqlens``), never from Python
 loops over images, so the compiled program depends only on the stream length.
 """
 
@@ -14,9 +15,13 @@ from flax import nnx
 from qwen2vl_jax.config import RuntimeConfig, VisionConfig
 from qwen2vl_jax.nn.norms import LayerNorm
 from qwen2vl_jax.nn.params import dense, make_param, normal_init, zeros_init
+from qwen2vl_jax.nn.remat import ATTENTION_OUT, KEY, QUERY, VALUE, tag
 from qwen2vl_jax.nn.stacked import create_stacked, scan_layers
 from qwen2vl_jax.ops.attention import attention
 from qwen2vl_jax.ops.rope import apply_vision_rotary, vision_rotary_cos_sin
+from qwen2vl_jax.sharding.rules import constrain
+
+STREAM = ("patches", "act_embed")
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -53,16 +58,20 @@ class VisionBlock(nnx.Module):
         dt = self.dtype
         with jax.named_scope("vision_attention"):
             h = self.norm1(x)
-            qkv = dense(h, self.qkv_kernel[...], self.qkv_bias[...], "ne,ethd->nthd", dt)
+            qkv = constrain(dense(h, self.qkv_kernel[...], self.qkv_bias[...], "ne,ethd->nthd", dt),
+                            ("patches", None, "act_heads", "head_dim"))
             q, k = apply_vision_rotary(qkv[:, 0], qkv[:, 1], cos, sin)
+            q, k, v = tag(q, QUERY), tag(k, KEY), tag(qkv[:, 2], VALUE)
             seg = segment_ids[None]
-            o = attention(q[None], k[None], qkv[None, :, 2], q_segment_ids=seg, kv_segment_ids=seg,
+            o = attention(q[None], k[None], v[None], q_segment_ids=seg, kv_segment_ids=seg,
                           causal=False, impl=self.attention_impl)[0]
-            x = x + dense(o, self.proj_kernel[...], self.proj_bias[...], "nhd,hde->ne", dt)
+            o = tag(o, ATTENTION_OUT)
+            x = constrain(x + dense(o, self.proj_kernel[...], self.proj_bias[...], "nhd,hde->ne", dt), STREAM)
         with jax.named_scope("vision_mlp"):
-            h = dense(self.norm2(x), self.fc1_kernel[...], self.fc1_bias[...], "ne,em->nm", dt)
+            h = constrain(dense(self.norm2(x), self.fc1_kernel[...], self.fc1_bias[...], "ne,em->nm", dt),
+                          ("patches", "act_mlp"))
             x = x + dense(quick_gelu(h), self.fc2_kernel[...], self.fc2_bias[...], "nm,me->ne", dt)
-        return x
+        return constrain(x, STREAM)
 
 
 class PatchMerger(nnx.Module):
@@ -84,9 +93,9 @@ class PatchMerger(nnx.Module):
         """x: [N, E] -> [N / merge^2, D]."""
         dt = self.dtype
         h = self.ln_q(x).reshape(-1, self.merge_dim)
-        h = dense(h, self.fc1_kernel[...], self.fc1_bias[...], "nm,mk->nk", dt)
-        h = jax.nn.gelu(h, approximate=False)  # nn.GELU() default is exact erf (spec §10.9)
-        return dense(h, self.fc2_kernel[...], self.fc2_bias[...], "nk,kd->nd", dt)
+        h = constrain(dense(h, self.fc1_kernel[...], self.fc1_bias[...], "nm,mk->nk", dt), ("patches", "act_mlp"))
+        h = jax.nn.gelu(h, approximate=False)  # nn.GELU() default is exact erf (docs/numerics.md)
+        return constrain(dense(h, self.fc2_kernel[...], self.fc2_bias[...], "nk,kd->nd", dt), STREAM)
 
 
 class VisionTower(nnx.Module):
@@ -94,10 +103,10 @@ class VisionTower(nnx.Module):
 
     def __init__(self, v: VisionConfig, runtime: RuntimeConfig, *, rngs: nnx.Rngs):
         self.dtype = jnp.dtype(runtime.dtype)
-        self.remat = runtime.remat
+        self.remat = runtime.vision_remat
         self.head_dim, self.rope_theta = v.head_dim, v.rope_theta
         # Conv3d with kernel == stride on a flattened patch is a linear map; the (C, T, P, P)
-        # row-major flattening of the conv weight equals the pixel row order (spec §2.1).
+        # row-major flattening of the conv weight equals the pixel row order (docs/checkpoint_names.md).
         self.patch_embed = make_param(rngs, normal_init, (v.patch_dim, v.embed_dim),
                                       ("vision_patch", "vision_embed"), runtime.param_dtype)
         self.blocks = create_stacked(lambda r: VisionBlock(v, runtime, rngs=r), v.depth, rngs,
@@ -107,8 +116,8 @@ class VisionTower(nnx.Module):
     def encode(self, pixel_values: jax.Array, pos_hw: jax.Array, segment_ids: jax.Array) -> jax.Array:
         """The ViT blocks without the merger: [N, E]."""
         dt = self.dtype
-        # HF casts pixel_values to the ViT dtype before the patch embedding (spec §10.8).
-        x = dense(pixel_values.astype(dt), self.patch_embed[...], None, "np,pe->ne", dt)
+        # HF casts pixel_values to the ViT dtype before the patch embedding (docs/numerics.md).
+        x = constrain(dense(pixel_values.astype(dt), self.patch_embed[...], None, "np,pe->ne", dt), STREAM)
         cos, sin = vision_rotary_cos_sin(pos_hw, self.head_dim, self.rope_theta)
         x, _ = scan_layers(self.blocks, lambda block, h, _: (block(h, cos, sin, segment_ids), None), x,
                            remat=self.remat)

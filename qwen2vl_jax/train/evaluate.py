@@ -23,7 +23,7 @@ from flax import nnx
 
 from qwen2vl_jax.config import RuntimeConfig, canonical_dtype
 from qwen2vl_jax.model import abstract_model
-from qwen2vl_jax.train.loss import next_token_loss_sum
+from qwen2vl_jax.train.step import make_loss_sum
 
 
 @dataclasses.dataclass
@@ -53,6 +53,7 @@ def load_trained(run: Any, step: int | None = None) -> tuple[Any, Any, dict]:
     from qwen2vl_jax.processing import Qwen2VLProcessor
     from qwen2vl_jax.train.checkpointing import TrainCheckpointer
     from qwen2vl_jax.train.loop import optimizer_config
+    from qwen2vl_jax.train.freezing import split_trainable
     from qwen2vl_jax.train.optimizer import make_optimizer
     from qwen2vl_jax.train.setup import build_model_config, processor_dir
 
@@ -63,7 +64,8 @@ def load_trained(run: Any, step: int | None = None) -> tuple[Any, Any, dict]:
     cfg = build_model_config(run, processor)
     abstract = nnx.to_pure_dict(nnx.state(abstract_model(cfg, run.runtime), nnx.Param))
     params_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
-    opt_like = jax.eval_shape(make_optimizer(optimizer_config(run), params_like, run.freeze).init, params_like)
+    trainable_like = split_trainable(params_like, run.freeze)[0]
+    opt_like = jax.eval_shape(make_optimizer(optimizer_config(run), trainable_like).init, trainable_like)
     with TrainCheckpointer(run.run_dir / "checkpoints", async_save=False) as ckpt:
         if ckpt.latest_step() is None:
             raise FileNotFoundError(f"{run.run_dir / 'checkpoints'}: no checkpoint to evaluate")
@@ -98,13 +100,10 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
     model = Qwen2VLForConditionalGeneration(cfg, host, runtime=RuntimeConfig(dtype=pd, param_dtype=pd),
                                             generation_config=tok.greedy_generation_config())
 
-    # Loss: pack the samples into fixed-shape batches (one compile), sum over labelled tokens.
-    @jax.jit
-    def loss_of(params, batch):
-        m = nnx.merge(model.graphdef, params)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        total, aux = next_token_loss_sum(m(inputs)["logits"], batch["labels"])
-        return total, aux["tokens"]
+    # Loss: pack the samples into fixed-shape batches (one compile), sum over labelled tokens
+    # with the training loss itself (chunked: no full logits).
+    loss_sum = make_loss_sum(model.graphdef)
+    loss_of = model.cached_jit("eval_loss", lambda: jax.jit(lambda params, batch: loss_sum(params, batch)))
 
     total, tokens, pending = 0.0, 0, list(range(len(samples)))
     while pending:
@@ -113,7 +112,8 @@ def evaluate(processor: Any, cfg: Any, params: Any, records: Any, *, num_example
         batch = pack(cfg, group, plan, text_budget, patch_budget)
         for key in ("text_padding_fraction", "patch_padding_fraction"):
             batch.pop(key)
-        t, c = loss_of(model.params, batch)
+        t, aux = loss_of(model.params, batch)
+        c = aux["tokens"]
         total, tokens = total + float(t), tokens + int(c)
         pending = [pending[k] for k in plan.deferred]
 

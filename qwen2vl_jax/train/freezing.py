@@ -40,3 +40,36 @@ def trainable_labels(params: Any, freeze: FreezeConfig) -> Any:
         return "freeze" if frozen[component_of(path)] else "train"
 
     return jax.tree_util.tree_map_with_path(label, params)
+
+
+def split_trainable(params: dict, freeze: FreezeConfig) -> tuple[dict, dict]:
+    """``(trainable, frozen)``: two nested dicts holding the leaves of each kind (empty
+    subtrees dropped). The train step differentiates and updates only ``trainable``, so frozen
+    parts get no gradient buffer and no optimizer state at all."""
+    labels = trainable_labels(params, freeze)
+
+    def pick(tree, lab, want):
+        if isinstance(tree, dict):
+            out = {k: pick(tree[k], lab[k], want) for k in tree}
+            out = {k: v for k, v in out.items() if v is not _EMPTY}
+            return out if out else _EMPTY
+        return tree if lab == want else _EMPTY
+
+    trainable, frozen = pick(params, labels, "train"), pick(params, labels, "freeze")
+    return (trainable if trainable is not _EMPTY else {}), (frozen if frozen is not _EMPTY else {})
+
+
+def merge_trainable(trainable: dict, frozen: dict) -> dict:
+    """The inverse of ``split_trainable``."""
+    out = dict(frozen)
+    for key, value in trainable.items():
+        out[key] = merge_trainable(value, frozen.get(key, {})) if isinstance(value, dict) else value
+    return out
+
+
+class _Empty:
+    def __repr__(self) -> str:
+        return "<empty>"
+
+
+_EMPTY = _Empty()

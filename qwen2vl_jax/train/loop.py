@@ -10,8 +10,10 @@
 
 Running the same command again resumes from the latest checkpoint (params, optimizer state and
 the exact data stream). SIGTERM (a preemption notice) saves a checkpoint after the current step
-and exits cleanly. Data parallel over every device: the params are replicated and each device
-gets its own packed group of rows (see data_pipelines/pipeline.py).
+and exits cleanly. The step runs on the mesh of ``runtime.mesh`` (recipe key ``mesh:``; default:
+every device on ``fsdp``): parameters and optimizer state sharded by the rules table, one packed
+group of ``per_device_batch_size`` rows per device whatever the mesh's shape, so changing only
+the mesh changes no batch (see data_pipelines/pipeline.py and train/state.py).
 """
 
 from __future__ import annotations
@@ -25,20 +27,16 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from qwen2vl_jax.config import RuntimeConfig
-from qwen2vl_jax.model import abstract_model
+from qwen2vl_jax.sharding.mesh import describe, make_mesh
 from qwen2vl_jax.perf.devices import detect_peak_tflops
 from qwen2vl_jax.perf.flops import train_flops_from_batch
 from qwen2vl_jax.train.checkpointing import PreemptionGuard, TrainCheckpointer
 from qwen2vl_jax.train.metrics import MetricsLogger, Throughput
-from qwen2vl_jax.train.optimizer import learning_rate_schedule, make_optimizer
 from qwen2vl_jax.train.run_config import RunConfig, dump_yaml
-from qwen2vl_jax.train.setup import build_model_config, build_processor, initial_params
-from qwen2vl_jax.train.step import make_train_step
+from qwen2vl_jax.train.setup import build_model_config, build_processor
+from qwen2vl_jax.train.state import initial_params, make_train_setup
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +56,6 @@ def optimizer_config(run: RunConfig):
     return opt if opt.total_steps > 0 else dataclasses.replace(opt, total_steps=run.steps)
 
 
-def _cast(tree: Any, dtype: str) -> Any:
-    return jax.tree.map(lambda x: np.asarray(x).astype(dtype), tree)
-
-
 def _batch_crc(batch: dict[str, np.ndarray]) -> int:
     """A fingerprint of a step's data (tests check that a resumed run sees the same batches)."""
     crc = zlib.crc32(np.ascontiguousarray(batch["input_ids"]).tobytes())
@@ -79,22 +73,15 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
     if main_process:
         (run_dir / "config.yaml").write_text(dump_yaml(run))
 
-    # Auto axes: GSPMD propagates the data sharding through the (unannotated) model.
-    mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    replicated = NamedSharding(mesh, P())
-    data_sharding = NamedSharding(mesh, P(None, "data"))  # [A, G, ...]: groups over devices
-
-    graphdef, _ = nnx.split(abstract_model(cfg, run.runtime), nnx.Param)
-    params = jax.device_put(_cast(initial_params(run, cfg), run.runtime.param_dtype), replicated)
-    opt_cfg = optimizer_config(run)
-    tx = make_optimizer(opt_cfg, params, run.freeze)
-    opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
-    schedule = learning_rate_schedule(opt_cfg)
-    step_fn = make_train_step(graphdef, tx, params, run.freeze, z_loss_weight=run.z_loss_weight,
-                              schedule=schedule)
+    mesh = make_mesh(run.runtime.mesh)
+    setup = make_train_setup(run, cfg, mesh)
+    data_sharding = setup.batch_sharding()
+    params = initial_params(run, setup)
+    opt_state = setup.init_opt_state(params)
+    step_fn = setup.step_fn
 
     data = PackedBatches(cfg, run.data, processor, rows=run.per_device_batch_size, grad_accum=run.grad_accum,
-                         groups=jax.local_device_count(), seed=run.seed, process_index=jax.process_index(),
+                         groups=setup.groups // jax.process_count(), seed=run.seed, process_index=jax.process_index(),
                          process_count=jax.process_count(), base_dir=os.getcwd())
     ckpt = TrainCheckpointer(run_dir / "checkpoints", keep_last=run.keep_checkpoints)
     start = 0
@@ -103,8 +90,8 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
         data.set_state(data_state)
         say(f"resuming {run_dir} from the checkpoint of step {start}")
     n_params = sum(int(x.size) for x in jax.tree.leaves(params))
-    say(f"run {run_dir}: {n_params:,} parameters, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"batch {run.grad_accum} x {jax.device_count()} x {run.per_device_batch_size} rows x "
+    say(f"run {run_dir}: {n_params:,} parameters, {jax.device_count()} {jax.devices()[0].platform} device(s) "
+        f"on mesh {describe(mesh)}, batch {run.grad_accum} x {setup.groups} x {run.per_device_batch_size} rows x "
         f"{run.data.text_budget} tokens, steps {start} -> {run.steps}")
 
     _, peak = detect_peak_tflops(run.peak_tflops)
@@ -120,7 +107,8 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
             item = next(data)
             host = item["batch"]
             batch = {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in host.items()}
-            params, opt_state, m = step_fn(params, opt_state, batch)
+            with jax.set_mesh(mesh):
+                params, opt_state, m = step_fn(params, opt_state, batch)
             step += 1
             loss_sum = m["loss"] if loss_sum is None else loss_sum + m["loss"]
             stats = item["stats"]

@@ -1,5 +1,6 @@
-"""AdamW with linear warmup + cosine decay and global-norm clipping; frozen leaves get
-``set_to_zero`` (no optimizer state, updates exactly zero, so they stay bitwise unchanged)."""
+"""AdamW with linear warmup + cosine decay and global-norm clipping, over the TRAINABLE
+parameters only (``freezing.split_trainable``): frozen parts have no optimizer state and stay
+bitwise unchanged because the step never updates them."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ from typing import Any
 
 import jax
 import optax
-
-from qwen2vl_jax.train.freezing import FreezeConfig, trainable_labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,14 +32,13 @@ def learning_rate_schedule(cfg: OptimizerConfig) -> optax.Schedule:
     )
 
 
-def make_optimizer(cfg: OptimizerConfig, params: Any, freeze: FreezeConfig) -> optax.GradientTransformation:
-    """The optimizer for ``params`` (a pytree with the same structure as the train state)."""
+def make_optimizer(cfg: OptimizerConfig, trainable: Any) -> optax.GradientTransformation:
+    """The optimizer of ``trainable`` (the trainable part of the params, a pytree)."""
+    if not jax.tree.leaves(trainable):
+        raise ValueError("every component is frozen (freeze_vision, freeze_merger and freeze_llm): nothing to train")
     parts = []
     if cfg.clip_grad_norm is not None:
         parts.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
     parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay))
-    labels = trainable_labels(params, freeze)
-    if all(label == "freeze" for label in jax.tree.leaves(labels)):
-        raise ValueError("every component is frozen (freeze_vision, freeze_merger and freeze_llm): nothing to train")
-    return optax.multi_transform({"train": optax.chain(*parts), "freeze": optax.set_to_zero()}, labels)
+    return optax.chain(*parts)

@@ -9,6 +9,8 @@
   ``freeze.freeze_vision=true``, ``data.source={type: jsonl, path: a.jsonl}``).
 * Unknown keys are errors naming the key and the valid ones; values are coerced to the field's
   type (so ``1e-5``, which YAML reads as a string, is a float) or rejected with the key named.
+* ``mesh: fsdp=4,tensor=2`` (top level, or ``mesh=...`` on the command line) sets
+  ``runtime.mesh``; without it every device is on ``fsdp``.
 
 The resolved config (``to_dict``) is saved in the run directory and in every checkpoint.
 """
@@ -71,7 +73,7 @@ class RunConfig:
     #                               "builtin:synthetic_visual_qa" builds the demo's small tokenizer
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
     # dtype / param_dtype (bf16 compute over fp32 master weights in the shipped recipes),
-    # vision/text_attention_impl, remat, buckets: qwen2vl_jax.config.RuntimeConfig.
+    # vision/text_attention_impl, vision/text_remat, buckets, mesh: qwen2vl_jax.config.RuntimeConfig.
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
@@ -206,6 +208,8 @@ def from_dict(cls: type, tree: Any, prefix: str = "") -> Any:
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """The recipe at ``path`` (or the defaults) with ``key=value`` overrides applied."""
     tree = apply_overrides(load_yaml_recipe(path) if path is not None else {}, list(overrides))
+    if "mesh" in tree:  # the top-level ``mesh:`` key (and ``mesh=...``) is runtime.mesh
+        tree["runtime"] = {**(tree.get("runtime") or {}), "mesh": tree.pop("mesh")}
     moved = sorted(set(tree.get("model") or {}) & {f.name for f in dataclasses.fields(RuntimeConfig)})
     if moved:  # these lived under model: before the architecture / runtime split
         raise ValueError("; ".join(f"model.{k} is a runtime setting: use runtime.{k}" for k in moved))

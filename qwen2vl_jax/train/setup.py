@@ -93,18 +93,3 @@ def build_model_config(run: Any, processor: Any) -> ModelConfig:
     vocab = max(cfg.text.vocab_size, tok.backend.get_vocab_size(with_added_tokens=True), max(ids.values()) + 1)
     text = dataclasses.replace(cfg.text, vocab_size=vocab)
     return cfg.replace(text=text, **ids)
-
-
-def initial_params(run: Any, cfg: ModelConfig) -> dict:
-    """Pure-dict params (numpy or jax leaves) in ``run.runtime.param_dtype``."""
-    from flax import nnx
-
-    from qwen2vl_jax.model import Qwen2VL
-
-    if run.model.checkpoint is not None:
-        from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
-
-        model = Qwen2VLForConditionalGeneration.from_pretrained(run.model.checkpoint, dtype=run.runtime.param_dtype)
-        return model.pure_params()
-    model = Qwen2VL(cfg, run.runtime, rngs=nnx.Rngs(run.seed))
-    return nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -2,11 +2,15 @@
 
 ``batch`` holds the model inputs of ``layout`` / ``packing`` plus ``labels`` [B, S] (other keys
 are ignored), every leaf with a leading microbatch axis [A, ...] (gradient accumulation: A >= 1),
-optionally followed by a packing-group axis [A, G, ...] (one packed group per data-parallel
-device: see data_pipelines/pipeline.py). Gradients are token-weighted, so A
-microbatches equal one batch of A times the rows. Frozen components are wrapped in
-stop_gradient (XLA drops their weight gradients) and the optimizer gives them zero updates.
-Compute runs in the model config's ``dtype`` over ``param_dtype`` master weights.
+optionally followed by a packing-group axis [A, G, ...]: each group has its own vision stream,
+and the groups are split over the mesh's batch axes (``groups`` in the rules table).
+Gradients are token-weighted, so A microbatches equal one batch of A times the rows.
+
+Memory: only the trainable parameters are differentiated and updated (frozen parts get no
+gradient buffer and no optimizer state: ``freezing.split_trainable``); the loss is computed from
+the final hidden states in sequence chunks (``loss.chunked_next_token_loss_sum``), so [B, S, V]
+logits never exist; the towers' layers are rematerialised by their ``RuntimeConfig`` policies.
+Compute runs in the runtime's ``dtype`` over ``param_dtype`` master weights.
 """
 
 from __future__ import annotations
@@ -20,59 +24,77 @@ import optax
 from flax import nnx
 
 from qwen2vl_jax.layout import MODEL_INPUT_KEYS
-from qwen2vl_jax.train.freezing import FreezeConfig, trainable_labels
-from qwen2vl_jax.train.loss import next_token_loss_sum
+from qwen2vl_jax.sharding.rules import mesh_axes_of, reserved_axes
+from qwen2vl_jax.train.freezing import FreezeConfig, merge_trainable, split_trainable
+from qwen2vl_jax.train.loss import DEFAULT_CHUNK_SIZE, chunked_next_token_loss_sum
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, params_like: Any,
-                    freeze: FreezeConfig, *, z_loss_weight: float = 0.0,
-                    schedule: Callable[[Any], Any] | None = None) -> Callable:
-    labels = trainable_labels(params_like, freeze)
+def make_loss_sum(graphdef: nnx.GraphDef, *, z_loss_weight: float = 0.0, chunk_size: int = DEFAULT_CHUNK_SIZE
+                  ) -> Callable:
+    """``loss_sum(params, batch) -> (total, stats)`` of one microbatch ([B, S] or [G, B, S])."""
 
     def loss_sum(params, batch):
-        params = jax.tree.map(lambda p, lab: p if lab == "train" else jax.lax.stop_gradient(p), params, labels)
         model = nnx.merge(graphdef, params)
         inputs = {k: v for k, v in batch.items() if k in MODEL_INPUT_KEYS}
 
         def one_group(inputs, labels):
-            return next_token_loss_sum(model(inputs)["logits"], labels, z_loss_weight)
+            hidden = model(inputs, hidden_only=True)["hidden"]
+            return chunked_next_token_loss_sum(hidden, model.head_weight(), labels,
+                                               tied=model.text.tie_word_embeddings, dtype=model.dtype,
+                                               z_loss_weight=z_loss_weight, chunk_size=chunk_size)
 
         if batch["input_ids"].ndim == 2:
             return one_group(inputs, batch["labels"])
-        # Packing groups [G, ...]: each has its own vision stream (one per data-parallel device,
-        # so the scatter never crosses devices); sharding G over the mesh splits the work.
-        total, aux = jax.vmap(one_group)(inputs, batch["labels"])
+        # Packing groups [G, ...]: split over the batch axes of the mesh in context, so every
+        # constraint inside sees the group axis sharded (vmap's spmd_axis_name).
+        mesh = jax.sharding.get_abstract_mesh()
+        axes = None if mesh.empty else (mesh_axes_of("groups", mesh, batch["input_ids"].shape[0]) or None)
+        with reserved_axes(axes):
+            total, aux = jax.vmap(one_group, spmd_axis_name=axes)(inputs, batch["labels"])
         return total.sum(), jax.tree.map(jnp.sum, aux)
 
-    grad_fn = jax.value_and_grad(loss_sum, has_aux=True)
+    return loss_sum
+
+
+def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, freeze: FreezeConfig, *,
+                    z_loss_weight: float = 0.0, schedule: Callable[[Any], Any] | None = None,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, shardings: tuple[Any, Any] | None = None) -> Callable:
+    """The jitted step. ``optimizer`` is over the trainable part of the params
+    (``optimizer.make_optimizer(cfg, split_trainable(params, freeze)[0])``). ``shardings``:
+    (params, opt_state) shardings the step's outputs keep (the inputs' under a mesh)."""
+    grad_fn = jax.value_and_grad(
+        lambda trainable, frozen, mb: loss_sum(merge_trainable(trainable, frozen), mb), has_aux=True)
+    loss_sum = make_loss_sum(graphdef, z_loss_weight=z_loss_weight, chunk_size=chunk_size)
 
     def step(params, opt_state, batch):
+        trainable, frozen = split_trainable(params, freeze)
+
         def micro(carry, mb):
             g_acc, stats = carry
-            (_, aux), g = grad_fn(params, mb)
+            (_, aux), g = grad_fn(trainable, frozen, mb)
             g_acc = jax.tree.map(jnp.add, g_acc, g)
             stats = {k: stats[k] + aux[k] for k in stats}
             return (g_acc, stats), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
         stats0 = {"ce_sum": jnp.float32(0), "z_sum": jnp.float32(0), "tokens": jnp.int32(0)}
         (g_sum, stats), _ = jax.lax.scan(micro, (zeros, stats0), batch)
         tokens = jnp.maximum(stats["tokens"], 1)
-        grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), g_sum, params)
-        trainable = [g for g, lab in zip(jax.tree.leaves(grads), jax.tree.leaves(labels)) if lab == "train"]
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+        grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), g_sum, trainable)
+        updates, opt_state = optimizer.update(grads, opt_state, trainable)
+        trainable = optax.apply_updates(trainable, updates)
         metrics = {
             "loss": stats["ce_sum"] / tokens,
             "z_loss": stats["z_sum"] / tokens,
-            "grad_norm": optax.tree.norm(trainable),
+            "grad_norm": optax.tree.norm(grads),
             "tokens": stats["tokens"],
         }
         if schedule is not None:
             metrics["learning_rate"] = schedule(_step_count(opt_state))
-        return params, opt_state, metrics
+        return merge_trainable(trainable, frozen), opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    out = None if shardings is None else (shardings[0], shardings[1], None)
+    return jax.jit(step, donate_argnums=(0, 1), out_shardings=out)
 
 
 def _step_count(opt_state: Any) -> jax.Array:

@@ -11,17 +11,18 @@ from flax import nnx
 from qwen2vl_jax import get_preset
 from qwen2vl_jax.model import Qwen2VL
 from qwen2vl_jax.train.checkpointing import PreemptionGuard, TrainCheckpointer
-from qwen2vl_jax.train.freezing import FreezeConfig
+from qwen2vl_jax.train.freezing import FreezeConfig, split_trainable
 from qwen2vl_jax.train.optimizer import OptimizerConfig, make_optimizer
 
 
 def _state(seed):
     params = nnx.to_pure_dict(nnx.state(Qwen2VL(get_preset("tiny"), rngs=nnx.Rngs(seed)), nnx.Param))
-    tx = make_optimizer(OptimizerConfig(), params, FreezeConfig(freeze_vision=True))
-    opt_state = tx.init(params)
+    trainable, _ = split_trainable(params, FreezeConfig(freeze_vision=True))
+    tx = make_optimizer(OptimizerConfig(), trainable)
+    opt_state = tx.init(trainable)
     # Make the optimizer state non-trivial: one real update.
-    grads = jax.tree.map(lambda p: jax.numpy.ones_like(p) * 0.01, params)
-    _, opt_state = tx.update(grads, opt_state, params)
+    grads = jax.tree.map(lambda p: jax.numpy.ones_like(p) * 0.01, trainable)
+    _, opt_state = tx.update(grads, opt_state, trainable)
     return params, opt_state
 
 

@@ -120,7 +120,7 @@ def test_data_parallel_on_two_devices_then_resume_on_one(tmp_path):
     two = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     first = subprocess.run(_cmd(tmp_path, "steps=2"), env=two, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
-    assert "2 cpu device(s), batch 1 x 2 x 2 rows" in first.stdout
+    assert "2 cpu device(s) on mesh data=1,fsdp=2,tensor=1, batch 1 x 2 x 2 rows" in first.stdout
     second = subprocess.run(_cmd(tmp_path, "steps=3"), env=_env(), capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "from the checkpoint of step 2" in second.stdout and "1 cpu device(s)" in second.stdout

@@ -59,7 +59,7 @@ def test_inheritance_overrides_and_coercion(tmp_path):
     ("model.preset=null", "model.preset"),
     ("model.dtype=bfloat16", "model.dtype is a runtime setting: use runtime.dtype"),
     ("runtime.dtype=float16", "dtype 'float16' is not supported"),
-    ("runtime.remat=some", "remat 'some' is not one of"),
+    ("runtime.text_remat=some", "text_remat 'some' is not one of"),
     ("runtime.buckets.text_buckets=[]", "text_buckets must be a non-empty list"),
 ])
 def test_bad_overrides_are_named(override, message):
@@ -74,3 +74,11 @@ def test_base_config_cycle_and_missing_file(tmp_path):
         load_run_config(tmp_path / "a.yaml")
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_run_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_mesh_key_sets_the_runtime_mesh(tmp_path):
+    (tmp_path / "r.yaml").write_text("model: {preset: tiny}\nmesh: fsdp=4,tensor=2\n")
+    assert load_run_config(tmp_path / "r.yaml").runtime.mesh == "fsdp=4,tensor=2"
+    assert load_run_config(tmp_path / "r.yaml", ["mesh=data=2,fsdp=-1"]).runtime.mesh == "data=2,fsdp=-1"
+    with pytest.raises(ValueError, match="unknown axis 'model'"):
+        load_run_config(tmp_path / "r.yaml", ["mesh=model=2"])

@@ -9,7 +9,7 @@ from flax import nnx
 from qwen2vl_jax import RuntimeConfig, get_preset
 from qwen2vl_jax.layout import prepare_model_inputs
 from qwen2vl_jax.model import Qwen2VL
-from qwen2vl_jax.train.freezing import FreezeConfig, component_of
+from qwen2vl_jax.train.freezing import FreezeConfig, component_of, split_trainable
 from qwen2vl_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from qwen2vl_jax.train.step import make_train_step
 
@@ -42,9 +42,10 @@ def _setup(freeze, runtime=None):
     model = Qwen2VL(CFG, runtime, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params)
-    tx = make_optimizer(OPT, params, freeze)
-    step = make_train_step(graphdef, tx, params, freeze, schedule=learning_rate_schedule(OPT))
-    return params, tx.init(params), step
+    trainable, _ = split_trainable(params, freeze)
+    tx = make_optimizer(OPT, trainable)
+    step = make_train_step(graphdef, tx, freeze, schedule=learning_rate_schedule(OPT))
+    return params, tx.init(trainable), step
 
 
 def _copy(tree):
@@ -108,7 +109,7 @@ def test_loss_decreases_and_bf16_compute_keeps_fp32_master_weights():
 def test_everything_frozen_is_an_error():
     params = nnx.to_pure_dict(nnx.state(Qwen2VL(CFG, rngs=nnx.Rngs(0)), nnx.Param))
     with pytest.raises(ValueError, match="nothing to train"):
-        make_optimizer(OPT, params, FreezeConfig(True, True, True))
+        make_optimizer(OPT, split_trainable(params, FreezeConfig(True, True, True))[0])
 
 
 def test_train_step_runs_on_a_packed_batch():
