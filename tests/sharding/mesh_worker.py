@@ -87,6 +87,15 @@ def main(mesh_spec: str, out: str) -> None:
             params, opt_state, m = step(params, opt_state, batch)
             losses.append(float(m["loss"]))
         results["train_losses"] = np.asarray(losses)
+        # Adam's moments are sharded exactly like the parameters they belong to.
+        mu = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu")][0].mu
+        same = jax.tree.map(lambda m, p: m.sharding.is_equivalent_to(p.sharding, m.ndim), mu, trainable)
+        results["moments_sharded_like_params"] = np.asarray(all(jax.tree.leaves(same)))
+        from qwen2vl_jax.generation.cache import KVCache
+
+        cache = jax.jit(lambda: KVCache.create(CFG.text, 8, 128, np.float32))()
+        results["cache_spec"] = np.asarray(str(cache.keys.sharding.spec))
+        results["cache_kv_heads"] = np.asarray(cache.keys.shape[3])
         results["param_shard_bytes"] = np.asarray(max(
             sum(s.data.nbytes for leaf in jax.tree.leaves(params) for s in leaf.addressable_shards
                 if s.device == d) for d in mesh.devices.flat))

@@ -35,6 +35,17 @@ def test_mesh_equals_single_device(results, mesh):
     assert len(grads) > 20
     for k in grads:
         assert np.abs(got[k] - base[k]).max() <= 1e-5, k
+    assert bool(got["moments_sharded_like_params"])
+
+
+def test_kv_cache_is_sharded_over_batch_and_kv_heads(results):
+    assert str(results["fsdp=8"]["cache_spec"]) == "P(None, 'fsdp')"
+    assert str(results["fsdp=4,tensor=2"]["cache_spec"]) == "P(None, 'fsdp', None, 'tensor')"
+    assert str(results["data=2,fsdp=2,tensor=2"]["cache_spec"]) == "P(None, ('data', 'fsdp'), None, 'tensor')"
+    # tensor=4 > 2 kv heads: each kv head is repeated twice, one per tensor shard.
+    assert int(results["fsdp=2,tensor=4"]["cache_kv_heads"]) == 4
+    assert str(results["fsdp=2,tensor=4"]["cache_spec"]) == "P(None, 'fsdp', None, 'tensor')"
+    assert int(results["single"]["cache_kv_heads"]) == 2
 
 
 def test_fsdp_and_tensor_meshes_shard_the_parameters(results):
