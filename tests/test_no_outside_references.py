@@ -35,11 +35,6 @@ BANNED = re.compile(
 DOC_PATH = re.compile(r"(?<![\w./-])docs/([\w.-]+\.md)\b")
 MD_LINK = re.compile(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)")
 
-# Owned by the integrator; the replacements were proposed to them. When README.md is clean this
-# xfail turns into an XPASS failure: then delete README_PENDING and the xfail test below.
-README_PENDING = "README.md"
-
-
 def _tracked_files() -> list[Path]:
     try:
         out = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=False)
@@ -100,18 +95,9 @@ def test_the_patterns_can_fail():
 
 
 def test_no_outside_references():
-    files = [p for p in _tracked_files() if p.relative_to(ROOT).as_posix() != README_PENDING]
-    bad = _scan(files)
+    bad = _scan(_tracked_files())
     assert not bad, "outside references (cite the reference implementation or a docs/ page):\n" + "\n".join(
         f"  {name}:{hit}" for name, hits in sorted(bad.items()) for hit in hits)
-
-
-@pytest.mark.xfail(strict=True, reason="README.md is owned by the integrator; replacements proposed")
-def test_readme_has_no_outside_references():
-    readme = ROOT / README_PENDING
-    if readme not in _tracked_files():
-        pytest.skip("README.md is not tracked")
-    assert not _scan([readme])
 
 
 def test_every_docs_page_named_exists():

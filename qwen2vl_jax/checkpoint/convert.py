@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -51,8 +52,14 @@ def _abstract_params(cfg: ModelConfig, dtype: str) -> dict:
 
 
 def hf_to_orbax(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: str | None = None,
-                progress: Callable[[str], None] = _progress) -> Path:
-    """Convert a HF checkpoint directory into our native Orbax checkpoint."""
+                progress: Callable[[str], None] = _progress, mesh: str | None = None) -> Path:
+    """Convert a HF checkpoint directory into our native Orbax checkpoint.
+
+    On accelerators (or with ``mesh``) every tensor goes straight onto its shards of the mesh
+    (default: all devices on ``fsdp``) and Orbax writes the shards: the host holds one tensor at
+    a time. On a CPU-only host the devices ARE host memory, so the tensors are streamed into host
+    buffers that Orbax writes without staging copies (peak ~1.06x the model).
+    """
     hf_dir = Path(hf_dir)
     if not (hf_dir / "config.json").exists():
         raise ValueError(f"{hf_dir}: no config.json; is this a HF checkpoint directory?")
@@ -60,8 +67,12 @@ def hf_to_orbax(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, dtype: st
     if dt not in ("float32", "bfloat16"):
         raise ValueError(f"{hf_dir}: weights are stored as {dt}; pass --dtype float32 or bfloat16")
     cfg = ModelConfig.from_json_file(hf_dir / "config.json")
-    # Host numpy buffers all the way: save_native writes them without staging copies.
-    params = load_hf_weights(hf_dir, cfg, _abstract_params(cfg, dt), jnp.dtype(dt), progress=progress)
+    if mesh is None and jax.default_backend() == "cpu":
+        params = load_hf_weights(hf_dir, cfg, _abstract_params(cfg, dt), jnp.dtype(dt), progress=progress)
+    else:
+        from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
+
+        params = Qwen2VLForConditionalGeneration.from_pretrained(hf_dir, dt, progress, mesh=mesh).pure_params()
     progress(f"writing Orbax checkpoint to {out_dir}")
     out = save_native(out_dir, cfg, params)
     copy_sidecar_files(hf_dir, out)

@@ -47,3 +47,15 @@ def test_no_device_holds_more_than_its_shards_plus_one_tensor(checkpoint, tmp_pa
     assert max(final.values()) < total / 8 * 1.6
     assert result["specs"]["decoder.layers.q_kernel"] == "P(None, 'fsdp', 'tensor', None)"
     assert result["specs"]["embed_tokens"] == "P('tensor', 'fsdp')"
+
+
+def test_convert_onto_a_mesh_round_trips(checkpoint, tmp_path):
+    from qwen2vl_jax.checkpoint.convert import hf_to_orbax
+
+    out = hf_to_orbax(checkpoint, tmp_path / "orbax", "float32", progress=lambda _: None, mesh="fsdp=1")
+    a = Qwen2VLForConditionalGeneration.from_pretrained(checkpoint).pure_params()
+    b = Qwen2VLForConditionalGeneration.from_pretrained(out).pure_params()
+    import jax
+
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
