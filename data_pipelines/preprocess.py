@@ -6,9 +6,16 @@ validation, an image that does not decode, a placeholder count that does not mat
 longer than the text or patch budget) becomes a reason string, so the pipeline can skip the
 record, count it by reason and go on: a bad record never kills a run.
 
-Labels: ``"assistant"`` (SFT: the assistant turns and their ``<|im_end|>``) or ``"all_text"``
-(pre-training: every text token; vision placeholders, padding and the system prompt are never
-predicted).
+Over-long samples (``overlong``): ``"skip"`` (default) rejects a sample over the text budget;
+``"truncate"`` cuts text tokens from its end instead and keeps every vision span whole (from
+``<|vision_start|>`` through ``<|vision_end|>``, so every image's pixel rows stay), returning
+``{"sample": ..., "truncated": reason}``. A sample whose vision spans alone exceed the budget, or
+that has no label left after the cut, is still skipped. Over the patch budget is always a skip.
+
+Labels: ``"assistant"`` (SFT: the assistant turns and their ``<|im_end|>``, as the processor's
+chat template marks them) or ``"all_text"`` (pre-training: every text token; vision
+placeholders, padding and system turns, ``<|im_start|>system ... <|im_end|>`` wherever the
+template puts them, are never predicted).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from data_pipelines.formats import validate
 from qwen2vl_jax.layout.packing import IGNORE_INDEX, Sample
 
 LABEL_MODES = ("assistant", "all_text")
+OVERLONG_MODES = ("skip", "truncate")
 
 
 def open_image(src: Any, root: str | None) -> Any:
@@ -60,15 +68,19 @@ class RecordPreprocessor:
     Args:
         processor: a ``Qwen2VLProcessor`` (image/video processors + tokenizer + chat template).
         labels: ``"assistant"`` or ``"all_text"`` (see module docstring).
-        max_tokens, max_patches: a sample above either can never be packed: skipped as bad.
+        max_tokens, max_patches: a sample above either can never be packed: skipped as bad
+            (or, over ``max_tokens`` with ``overlong="truncate"``, cut to it).
         root: folder that relative image/video paths are resolved against.
+        overlong: ``"skip"`` or ``"truncate"`` (see module docstring).
     """
 
     def __init__(self, processor: Any, *, labels: str = "assistant", max_tokens: int, max_patches: int,
-                 root: str | None = None):
+                 root: str | None = None, overlong: str = "skip"):
         if labels not in LABEL_MODES:
             raise ValueError(f"labels must be one of {LABEL_MODES}, got {labels!r}")
-        self.processor, self.labels, self.root = processor, labels, root
+        if overlong not in OVERLONG_MODES:
+            raise ValueError(f"overlong must be one of {OVERLONG_MODES}, got {overlong!r}")
+        self.processor, self.labels, self.root, self.overlong = processor, labels, root, overlong
         self.max_tokens, self.max_patches = max_tokens, max_patches
 
     def __call__(self, record: Any) -> dict[str, Any]:
@@ -96,27 +108,71 @@ class RecordPreprocessor:
         else:
             labels = self._all_text_labels(ids)
         pixels = [out[k] for k in ("pixel_values", "pixel_values_videos") if k in out]
+        truncated = None
+        if len(ids) > self.max_tokens:
+            if self.overlong == "skip":
+                return {"error": f"too long: {len(ids)} tokens > the text budget {self.max_tokens}"}
+            keep = self._truncation(ids)
+            if isinstance(keep, str):
+                return {"error": keep}
+            truncated = f"truncated: {len(ids)} tokens -> the text budget {self.max_tokens}"
+            ids, labels = ids[keep], labels[keep]
         sample = Sample(
             input_ids=ids, labels=labels,
             pixel_values=np.concatenate(pixels).astype(np.float32) if pixels else None,
             image_grid_thw=out.get("image_grid_thw"), video_grid_thw=out.get("video_grid_thw"),
         )
-        if sample.num_tokens > self.max_tokens:
-            return {"error": f"too long: {sample.num_tokens} tokens > the text budget {self.max_tokens}"}
         if sample.num_patches > self.max_patches:
             return {"error": f"too many vision patches: {sample.num_patches} > the patch budget {self.max_patches}"}
         if not (labels != IGNORE_INDEX).any():
-            return {"error": "no token to learn from (every label is masked)"}
-        return {"sample": sample}
+            after = " after truncation to the text budget" if truncated else ""
+            return {"error": f"no token to learn from{after} (every label is masked)"}
+        return {"sample": sample, "truncated": truncated} if truncated else {"sample": sample}
+
+    def _truncation(self, ids: np.ndarray) -> np.ndarray | str:
+        """Which tokens a truncated sample keeps (a bool mask), or the reason it cannot be cut."""
+        tok = self.processor.tokenizer
+        vision = vision_spans(ids, tok.vision_start_token_id, tok.vision_end_token_id)
+        if vision is None:
+            return "unbalanced <|vision_start|> / <|vision_end|> markers"
+        room = self.max_tokens - int(vision.sum())
+        if room < 0:
+            return (f"too long even truncated: its vision spans alone take {int(vision.sum())} tokens "
+                    f"> the text budget {self.max_tokens}")
+        # The first `room` text tokens stay, every vision span stays: the text's tail is cut.
+        return vision | (np.cumsum(~vision) <= room)
 
     def _all_text_labels(self, ids: np.ndarray) -> np.ndarray:
         tok = self.processor.tokenizer
         never = [i for i in (tok.image_token_id, tok.video_token_id, tok.token_to_id("<|endoftext|>"))
                  if i is not None]
         labels = np.where(np.isin(ids, never), IGNORE_INDEX, ids)
-        # The chat template always opens with a system turn (the default one when the record has
-        # none): boilerplate, not data, so it is not learned.
-        ends = np.flatnonzero(ids == tok.token_to_id("<|im_end|>"))
-        if len(ends):
-            labels[: ends[0] + 1] = IGNORE_INDEX
+        # System turns (the built-in template opens with the default one when the record has none):
+        # boilerplate, not data, so they are not learned. Found by their ChatML markers, not by
+        # position, since a checkpoint's template may have no system turn or several.
+        labels[self._system_turns(ids)] = IGNORE_INDEX
         return labels.astype(np.int32)
+
+    def _system_turns(self, ids: np.ndarray) -> np.ndarray:
+        tok = self.processor.tokenizer
+        mask = np.zeros(len(ids), bool)
+        start, end = tok.token_to_id("<|im_start|>"), tok.token_to_id("<|im_end|>")
+        if start is None or end is None:
+            return mask
+        role = np.asarray(tok.encode("system"))
+        ends = np.flatnonzero(ids == end)
+        for p in np.flatnonzero(ids == start):
+            if np.array_equal(ids[p + 1 : p + 1 + len(role)], role):
+                after = ends[ends > p]
+                mask[p : after[0] + 1 if len(after) else len(ids)] = True
+        return mask
+
+
+def vision_spans(ids: np.ndarray, start_id: int, end_id: int) -> np.ndarray | None:
+    """Bool mask of the tokens from each ``<|vision_start|>`` through its ``<|vision_end|>``;
+    None when the markers do not pair up (nested, unclosed or unopened)."""
+    starts, ends = ids == start_id, ids == end_id
+    depth = np.cumsum(starts.astype(np.int64) - ends)
+    if len(ids) and (depth.min() < 0 or depth.max() > 1 or depth[-1] != 0):
+        return None
+    return (depth > 0) | ends

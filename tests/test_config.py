@@ -105,3 +105,54 @@ def test_to_hf_dict_round_trip(preset):
     cfg = get_preset(preset)
     d = json.loads(json.dumps(cfg.to_hf_dict()))
     assert ModelConfig.from_hf_dict(d) == cfg
+
+
+# --------------------------------------------------------------- fields this port does not implement
+
+
+def test_sliding_window_is_rejected_not_ignored():
+    with pytest.raises(ValueError, match="use_sliding_window.*not implemented"):
+        ModelConfig.from_hf_dict({**HUB_2B, "use_sliding_window": True})
+    nested = _nested({**HUB_2B, "use_sliding_window": True})
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        ModelConfig.from_hf_dict(nested)
+    # The released value (false, with a sliding_window size that is then unused) is fine.
+    assert ModelConfig.from_hf_dict({**HUB_2B, "use_sliding_window": False}) == get_preset("2b")
+
+
+@pytest.mark.parametrize("rope", [
+    {"type": "linear", "factor": 2.0, "mrope_section": [16, 24, 24]},
+    {"type": "dynamic", "factor": 4.0, "mrope_section": [16, 24, 24]},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768, "mrope_section": [16, 24, 24]},
+    {"type": "linear", "factor": 2.0},  # no mrope_section either
+])
+def test_rope_scaling_of_another_type_is_rejected(rope):
+    with pytest.raises(ValueError, match=r"rope_scaling.*(type|rope_type).*not implemented"):
+        ModelConfig.from_hf_dict({**HUB_2B, "rope_scaling": rope})
+
+
+def test_v5_rope_parameters_of_another_type_are_rejected():
+    d = dict(HUB_2B)
+    d.pop("rope_scaling")
+    d["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "mrope_section": [16, 24, 24],
+                            "rope_theta": 1e6}
+    with pytest.raises(ValueError, match=r"rope_parameters.*linear.*not implemented"):
+        ModelConfig.from_hf_dict(d)
+
+
+@pytest.mark.parametrize("section", [None, "16,24,24", [16, 24], [16, 24, 24, 0], [16.5, 24, 23.5], [-8, 40, 32],
+                                     [True, 24, 39]])
+def test_rope_scaling_without_a_valid_mrope_section_is_rejected(section):
+    rope = {"type": "default"} if section is None else {"type": "default", "mrope_section": section}
+    with pytest.raises(ValueError, match="mrope_section"):
+        ModelConfig.from_hf_dict({**HUB_2B, "rope_scaling": rope})
+
+
+@pytest.mark.parametrize("rope", [
+    {"type": "mrope", "mrope_section": [16, 24, 24]},  # the released config.json
+    {"type": "default", "mrope_section": [16, 24, 24]},  # what transformers' Qwen2VLTextConfig rewrites it to
+    {"rope_type": "default", "mrope_section": [16, 24, 24]},
+    {"type": "default", "rope_type": "default", "mrope_section": [16, 24, 24]},  # transformers' save_pretrained
+])
+def test_mrope_spellings_are_accepted(rope):
+    assert ModelConfig.from_hf_dict({**HUB_2B, "rope_scaling": rope}) == get_preset("2b")

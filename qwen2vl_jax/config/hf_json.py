@@ -131,7 +131,38 @@ def _read_fields(cls: type, d: dict[str, Any], aliases: dict[str, str], ignored:
     return kwargs
 
 
+# RoPE types that are M-RoPE's plain (unscaled) frequencies: the released config.json says
+# "mrope"; transformers' ``Qwen2VLTextConfig.__init__`` rewrites that to "default" (keeping
+# ``mrope_section``) and ``save_pretrained`` then writes both ``type`` and ``rope_type``.
+MROPE_TYPES = ("mrope", "default")
+
+
+def _mrope_section(rope: Any, where: str) -> tuple[int, ...]:
+    """``mrope_section`` of a ``rope_scaling`` / ``rope_parameters`` dict, after checking that it
+    describes M-RoPE without scaling (the only RoPE this port implements)."""
+    if not isinstance(rope, dict):
+        raise ValueError(  # noqa: TRY004 - bad input is a ValueError by contract
+            f"config: {where} must be a dict with mrope_section, got {rope!r}")
+    for key in ("type", "rope_type"):
+        kind = rope.get(key)
+        if kind is not None and kind not in MROPE_TYPES:
+            raise ValueError(
+                f"config: {where}.{key} = {kind!r} is not implemented by this port: only M-RoPE without "
+                f"scaling ({' / '.join(map(repr, MROPE_TYPES))}, with mrope_section) is; a {kind!r} "
+                f"RoPE would be silently computed as unscaled M-RoPE")
+    if "mrope_section" not in rope:
+        raise ValueError(f"config: {where} must give mrope_section "
+                         "(Qwen2-VL uses multimodal RoPE; e.g. [16, 24, 24])")
+    section = rope["mrope_section"]
+    if (not isinstance(section, (list, tuple)) or len(section) != 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in section)):
+        raise ValueError(f"config: {where}.mrope_section must be 3 non-negative integers "
+                         f"(frequencies of the temporal, height and width axes), got {section!r}")
+    return tuple(section)
+
+
 def _text_from_hf(d: dict[str, Any]) -> TextConfig:
+    where = "rope_parameters" if d.get("rope_parameters") and not d.get("rope_scaling") else "rope_scaling"
     rope = d.pop("rope_scaling", None) or d.pop("rope_parameters", None) or {}
     d.pop("rope_parameters", None)
     if "mrope_section" in d:
@@ -142,10 +173,11 @@ def _text_from_hf(d: dict[str, Any]) -> TextConfig:
     missing = [k for k in TEXT_REQUIRED if k not in kwargs]
     if missing:
         raise ValueError(f"config: missing required text config field(s) {missing}")
-    if "mrope_section" not in rope:
-        raise ValueError("config: rope_scaling/rope_parameters must give mrope_section "
-                         "(Qwen2-VL uses multimodal RoPE; e.g. [16, 24, 24])")
-    kwargs["mrope_section"] = tuple(int(s) for s in rope["mrope_section"])
+    kwargs["mrope_section"] = _mrope_section(rope, where)
+    if kwargs.get("use_sliding_window"):
+        # transformers would use sliding-window attention on layers >= max_window_layers.
+        raise ValueError("config: use_sliding_window = true is not implemented by this port (its "
+                         "attention is always full causal); the released Qwen2-VL checkpoints have it false")
     kwargs.setdefault("num_key_value_heads", kwargs["num_attention_heads"])
     # The released checkpoints do not state this in the text part of config.json; the value of
     # the released models (not transformers' class default) applies.

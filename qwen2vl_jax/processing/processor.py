@@ -21,16 +21,65 @@ from qwen2vl_jax.processing.tokenizer import IMAGE_TOKEN, VIDEO_TOKEN, Qwen2VLTo
 from qwen2vl_jax.processing.training_labels import tokenize_chat_for_training
 from qwen2vl_jax.processing.video_processor import Qwen2VLVideoProcessor
 
+# transformers' Qwen2TokenizerFast fills unk_token with this when tokenizer_config.json has none.
+_QWEN2_UNK_TOKEN = "<|endoftext|>"
+
+
+def _token_text(value: Any) -> Any:
+    return value.get("content") if isinstance(value, dict) else value
+
+
+def _single_template(value: Any, where: str) -> str | None:
+    """A chat template entry: a string, or named templates (a dict, or the list of
+    {"name", "template"} that tokenizer_config.json stores) of which "default" is used."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        value = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+    if isinstance(value, dict) and isinstance(value.get("default"), str):
+        return value["default"]
+    raise ValueError(f"{where}: chat_template must be a string or named templates with a 'default' one")
+
+
+def read_chat_template(directory: str | os.PathLike) -> str | None:
+    """The processor's chat template of a checkpoint directory, where transformers 4.57.6's
+    `ProcessorMixin.from_pretrained` looks: `chat_template.json` (its "chat_template" entry),
+    else `chat_template.jinja`; None when neither exists (then the tokenizer's, from
+    `tokenizer_config.json`, applies)."""
+    directory = os.fspath(directory)
+    path = os.path.join(directory, "chat_template.json")
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                entry = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: cannot read JSON ({err})") from err
+        if not isinstance(entry, dict) or "chat_template" not in entry:
+            raise ValueError(f"{path}: expected an object with a 'chat_template' key")
+        return _single_template(entry["chat_template"], path)
+    path = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    return None
+
 
 class Qwen2VLProcessor:
-    """Image processor + video processor + tokenizer + chat template."""
+    """Image processor + video processor + tokenizer + chat template.
+
+    `chat_template`: the Jinja template prompts are rendered with; None takes the tokenizer's
+    (`tokenizer_config.json`), and without either the built-in Qwen2-VL-Instruct template is used.
+    """
 
     def __init__(
         self,
         image_processor: Qwen2VLImageProcessor,
         tokenizer: Qwen2VLTokenizer,
         video_processor: Qwen2VLVideoProcessor | None = None,
+        chat_template: str | None = None,
     ) -> None:
+        self.chat_template = _single_template(
+            chat_template if chat_template is not None else tokenizer.chat_template, "chat_template")
         self.image_processor = image_processor
         self.video_processor = video_processor or Qwen2VLVideoProcessor(**image_processor.to_dict())
         self.tokenizer = tokenizer
@@ -42,13 +91,29 @@ class Qwen2VLProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, **image_overrides: Any) -> Qwen2VLProcessor:
         """Load from a checkpoint directory: `preprocessor_config.json`, optional
-        `video_preprocessor_config.json`, `tokenizer.json`, optional `tokenizer_config.json`.
-        Keyword arguments (e.g. `max_pixels=...`) override both vision processors."""
+        `video_preprocessor_config.json`, `tokenizer.json`, optional `tokenizer_config.json`, and
+        the chat template (`read_chat_template`, else the tokenizer's). Keyword arguments (e.g.
+        `max_pixels=...`) override both vision processors."""
         return cls(
             Qwen2VLImageProcessor.from_pretrained(directory, **image_overrides),
             Qwen2VLTokenizer.from_pretrained(directory),
             Qwen2VLVideoProcessor.from_pretrained(directory, **image_overrides),
+            chat_template=read_chat_template(directory),
         )
+
+    def template_variables(self) -> dict[str, Any]:
+        """The special tokens a Jinja chat template sees as variables, like the
+        `special_tokens_map` transformers' `apply_chat_template` passes (unset ones left out)."""
+        config = self.tokenizer.config
+        out = {"bos_token": _token_text(config.get("bos_token")), "eos_token": self.tokenizer.eos_token,
+               "unk_token": _token_text(config.get("unk_token", _QWEN2_UNK_TOKEN)),
+               "sep_token": _token_text(config.get("sep_token")), "pad_token": self.tokenizer.pad_token,
+               "cls_token": _token_text(config.get("cls_token")), "mask_token": _token_text(config.get("mask_token"))}
+        out = {k: v for k, v in out.items() if v is not None}
+        extra = config.get("additional_special_tokens")
+        if extra:
+            out["additional_special_tokens"] = [_token_text(t) for t in extra]
+        return out
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write every config (and the Jinja chat template, so transformers can reload it)."""
@@ -56,7 +121,7 @@ class Qwen2VLProcessor:
         self.image_processor.save_pretrained(directory)
         self.video_processor.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        template = self.tokenizer.chat_template or QWEN2VL_CHAT_TEMPLATE
+        template = self.chat_template or QWEN2VL_CHAT_TEMPLATE
         with open(os.path.join(os.fspath(directory), "chat_template.json"), "w", encoding="utf-8") as f:
             json.dump({"chat_template": template}, f, indent=2, ensure_ascii=False)
             f.write("\n")
@@ -66,9 +131,14 @@ class Qwen2VLProcessor:
         messages: Sequence[Mapping[str, Any]],
         add_generation_prompt: bool = False,
         add_vision_id: bool = False,
+        **template_kwargs: Any,
     ) -> str:
-        """Prompt text for one conversation (see `chat_template.apply_chat_template`)."""
-        return apply_chat_template(messages, add_generation_prompt, add_vision_id)
+        """Prompt text for one conversation, rendered with `self.chat_template` (see
+        `chat_template.apply_chat_template`); `template_kwargs` are extra template variables."""
+        if self.chat_template is None:
+            return apply_chat_template(messages, add_generation_prompt, add_vision_id)
+        return apply_chat_template(messages, add_generation_prompt, add_vision_id, self.chat_template,
+                                   **{**self.template_variables(), **template_kwargs})
 
     def tokenize_for_training(
         self,
@@ -88,6 +158,8 @@ class Qwen2VLProcessor:
             vision.get("video_grid_thw"),
             self.image_processor.merge_size,
             add_vision_id,
+            chat_template=self.chat_template,
+            template_kwargs=self.template_variables() if self.chat_template is not None else None,
         )
         out.update(vision)
         return out

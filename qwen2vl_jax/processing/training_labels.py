@@ -5,6 +5,10 @@ everywhere except the content of each assistant message and its closing `<|im_en
 model learns to stop. An assistant message with `"train": False` is masked too (e.g. earlier
 turns that should only be context). The whole conversation is tokenized in ONE call and labels
 are assigned from character offsets, so BPE merges across segment borders cannot shift them.
+
+With a checkpoint's own `chat_template` the assistant spans are its `{% generation %}` blocks, or
+located in the rendered text (`chat_template.render_chat_segments`); a token is labelled when it
+starts inside a span.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ def tokenize_chat_for_training(
     video_grid_thw: np.ndarray | None = None,
     merge_size: int = 2,
     add_vision_id: bool = False,
+    chat_template: str | None = None,
+    template_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Render, expand vision placeholders and tokenize one conversation.
 
@@ -34,6 +40,8 @@ def tokenize_chat_for_training(
         image_grid_thw, video_grid_thw: int[n, 3] grids of this conversation's images/videos,
             in order (from the image/video processors); each placeholder is expanded to
             t*h*w/merge_size**2 tokens.
+        chat_template: the checkpoint's Jinja template (None: the built-in Instruct template);
+            template_kwargs: its extra variables (the tokenizer's special tokens).
 
     Returns:
         {"input_ids": int64[L], "labels": int64[L], "attention_mask": int64[L]}.
@@ -41,7 +49,8 @@ def tokenize_chat_for_training(
     Raises:
         ValueError: placeholder count differs from the number of grids.
     """
-    segments = render_chat_segments(messages, add_generation_prompt=False, add_vision_id=add_vision_id)
+    segments = render_chat_segments(messages, add_generation_prompt=False, add_vision_id=add_vision_id,
+                                    chat_template=chat_template, **dict(template_kwargs or {}))
     texts = [s.text for s in segments]
     texts = expand_placeholders(texts, IMAGE_TOKEN, tokens_per_item(image_grid_thw, merge_size), "image")
     texts = expand_placeholders(texts, VIDEO_TOKEN, tokens_per_item(video_grid_thw, merge_size), "video")

@@ -19,7 +19,9 @@ from qwen2vl_jax.config import ModelConfig, get_preset
 BUILTIN_TOKENIZER = "builtin:synthetic_visual_qa"
 
 
-def _replace_nested(obj: Any, changes: dict, prefix: str = "model.overrides") -> Any:
+def replace_nested(obj: Any, changes: dict, prefix: str = "model.overrides") -> Any:
+    """``obj`` (a config dataclass) with the nested ``changes`` applied (``model.overrides``);
+    ``ValueError`` naming an unknown key."""
     valid = {f.name for f in dataclasses.fields(obj)}
     updates = {}
     for key, value in changes.items():
@@ -29,7 +31,7 @@ def _replace_nested(obj: Any, changes: dict, prefix: str = "model.overrides") ->
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ValueError(f"{prefix}.{key}: expected a mapping of fields")
-            value = _replace_nested(current, value, f"{prefix}.{key}")
+            value = replace_nested(current, value, f"{prefix}.{key}")
         elif isinstance(current, tuple) and isinstance(value, list):
             value = tuple(value)
         updates[key] = value
@@ -82,8 +84,8 @@ def build_model_config(run: Any, processor: Any) -> ModelConfig:
                     if getattr(getattr(cfg, part), f.name) != getattr(getattr(want, part), f.name)]
             if diff:
                 raise ValueError(f"model.checkpoint {m.checkpoint} is not the {m.preset} architecture: {diff}")
-        return _replace_nested(cfg, m.overrides) if m.overrides else cfg
-    cfg = _replace_nested(get_preset(m.preset), m.overrides) if m.overrides else get_preset(m.preset)
+        return replace_nested(cfg, m.overrides) if m.overrides else cfg
+    cfg = replace_nested(get_preset(m.preset), m.overrides) if m.overrides else get_preset(m.preset)
     tok = processor.tokenizer
     try:
         ids = tok.model_token_ids()

@@ -3,12 +3,13 @@
 import dataclasses
 import io
 import json
+import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from data_pipelines.pipeline import DataConfig, PackedBatches
+from data_pipelines.pipeline import DataConfig, EpochOrder, PackedBatches
 from qwen2vl_jax.layout.packing import IGNORE_INDEX
 
 
@@ -117,3 +118,150 @@ def test_bad_config_values_are_named(demo_setup):
         PackedBatches(cfg, dataclasses.replace(_data(), labels="everything"), processor, rows=1)
     with pytest.raises(ValueError, match="unknown key"):
         PackedBatches(cfg, _data(source={"type": "synthetic_visual_qa", "num_recs": 3}), processor, rows=1)
+
+
+# ---------------------------------------------------------------------- epochs
+
+
+N_RECORDS = 12
+
+
+def _numbered_source(tmp_path, n=N_RECORDS):
+    """A JSONL source whose record i says "record i": which record a sample came from is read
+    back from its tokens, whatever machinery orders the stream."""
+    path = tmp_path / "numbered.jsonl"
+    if not path.exists():
+        lines = [json.dumps({"messages": [{"role": "user", "content": f"record {i} ?"},
+                                          {"role": "assistant", "content": "ok"}]}) for i in range(n)]
+        path.write_text("\n".join(lines) + "\n")
+    return {"type": "jsonl", "path": str(path)}
+
+
+def _record_order(processor, cfg, source, count, **kw):
+    """The records of the first ``count`` samples the pipeline reads, in reading order."""
+    it = PackedBatches(cfg, _data(source=source), processor, rows=1, **kw)
+    order = []
+    for _ in range(count):
+        _, sample = it._next_sample()
+        order.append(int(re.search(r"record (\d+)", processor.decode(sample.input_ids)).group(1)))
+    it.close()
+    return order
+
+
+def test_every_epoch_is_its_own_permutation_of_all_records(demo_setup, tmp_path):
+    _, processor, cfg = demo_setup
+    source = _numbered_source(tmp_path)
+    n = N_RECORDS
+    stream = _record_order(processor, cfg, source, 3 * n, seed=7)
+    epochs = [stream[e * n:(e + 1) * n] for e in range(3)]
+    for epoch in epochs:
+        assert sorted(epoch) == list(range(n))  # each epoch reads every record once
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]  # ... in its own order
+    assert _record_order(processor, cfg, source, 3 * n, seed=7) == stream  # a pure function of the seed
+    # Deterministic in (seed, epoch), not in seed + epoch: the run with the next seed does not
+    # replay this run's epochs one epoch late (grain's shuffle keys epoch e with seed + e).
+    other = _record_order(processor, cfg, source, 2 * n, seed=8)
+    assert other[:n] != epochs[1] and other[n:] != epochs[2] and other[:n] != epochs[0]
+
+
+def test_epoch_order_is_the_documented_function(demo_setup, tmp_path):
+    _, processor, cfg = demo_setup
+    source = _numbered_source(tmp_path)
+    stream = _record_order(processor, cfg, source, 2 * N_RECORDS, seed=3)
+    order = EpochOrder(N_RECORDS, seed=3)
+    assert stream == [order.locate(k)[1] for k in range(2 * N_RECORDS)]
+    assert [order.locate(k)[0] for k in (0, N_RECORDS - 1, N_RECORDS, 2 * N_RECORDS)] == [0, 0, 1, 2]
+    unshuffled = EpochOrder(N_RECORDS, seed=3, shuffle=False)
+    assert [unshuffled.locate(k)[1] for k in range(2 * N_RECORDS)] == list(range(N_RECORDS)) * 2
+
+
+@pytest.mark.parametrize("process_count", [2, 5])
+def test_processes_split_every_epoch_between_them(demo_setup, tmp_path, process_count):
+    # Each process reads only its share: per epoch, the shares are disjoint and cover all records
+    # (checked on the order itself, and through the pipeline for the first epoch with 2 processes).
+    n = N_RECORDS
+    for epoch in range(3):
+        seen = []
+        for p in range(process_count):
+            order = EpochOrder(n, seed=5, process_index=p, process_count=process_count)
+            seen += [j for k in range(3 * n) for e, j in [order.locate(k)] if e == epoch]
+        assert sorted(seen) == list(range(n))
+    if process_count == 2:
+        _, processor, cfg = demo_setup
+        source = _numbered_source(tmp_path)
+        shares = [_record_order(processor, cfg, source, n // 2, seed=5, process_index=p, process_count=2)
+                  for p in range(2)]
+        assert sorted(shares[0] + shares[1]) == list(range(n))
+        single = _record_order(processor, cfg, source, n, seed=5)
+        assert sorted(single) == list(range(n))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_resume_in_the_middle_of_epoch_one_continues_exactly(demo_setup, tmp_path, num_workers):
+    _, processor, cfg = demo_setup
+    data = _data(source=_numbered_source(tmp_path), num_workers=num_workers)
+    it = PackedBatches(cfg, data, processor, rows=1, seed=11)
+    while it.records_read <= N_RECORDS + 2:  # a few records into epoch 1
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    assert N_RECORDS < state["records_read"] < 2 * N_RECORDS - 2
+    want = [next(it) for _ in range(4)]  # the rest of epoch 1 and into epoch 2
+    assert it.records_read > 2 * N_RECORDS
+    it.close()
+    again = PackedBatches(cfg, data, processor, rows=1, seed=11)
+    again.set_state(state)
+    got = [next(again) for _ in range(4)]
+    again.close()
+    assert all(_equal(w, g) for w, g in zip(want, got))
+
+
+# ---------------------------------------------------------------------- over-long samples
+
+
+@pytest.mark.parametrize("overlong", ["skip", "truncate"])
+def test_overlong_samples_are_skipped_or_truncated_and_counted(demo_setup, tmp_path, overlong):
+    _, processor, cfg = demo_setup
+    (tmp_path / "small.png").write_bytes(_png())
+    (tmp_path / "big.png").write_bytes(_png(size=(224, 224)))
+
+    def llava(text, image="small.png", answer="red"):
+        return json.dumps({"image": image, "conversations": [{"from": "human", "value": text},
+                                                            {"from": "gpt", "value": answer}]})
+
+    lines = [
+        llava("<image>\nWhat colour?"),
+        llava("<image>\nWhat colour?", answer="red " * 300),  # over the 128-token row: its tail is cut
+        llava("<image><image>\nSame?", image=["big.png", "big.png"]),  # 2 x 66 vision tokens > 128
+    ]
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    data = _data(source={"type": "jsonl", "path": str(tmp_path / "data.jsonl")}, shuffle=False, overlong=overlong)
+    it = PackedBatches(cfg, data, processor, rows=1, seed=0)
+    items = [next(it) for _ in range(3)]  # 3+ epochs of the 3 records
+    stats = items[-1]["stats"]
+    reasons = " | ".join(it.skipped)
+    assert "truncated_records" in stats and "skipped_records" in stats
+    if overlong == "skip":
+        assert "too long: # tokens > the text budget #" in it.skipped and it.truncated == 0
+        assert stats["truncated_records"] == 0
+    else:
+        assert it.truncated >= 2 and stats["truncated_records"] == it.truncated
+        assert not any(r.startswith("too long:") for r in it.skipped)
+        # The truncated sample fills a whole row, its image intact and part of its answer learned.
+        full = [b["batch"] for b in items if b["stats"]["text_padding_fraction"] == 0]
+        assert full and (full[0]["input_ids"][0, 0, 0] == cfg.image_token_id).sum() == 4
+        assert (full[0]["labels"][0, 0, 0] != IGNORE_INDEX).sum() > 50
+    # Vision spans alone over the budget: skipped in both modes (the reason says why).
+    assert ("vision spans alone" in reasons) == (overlong == "truncate"), reasons
+    assert stats["skipped_records"] == sum(it.skipped.values()) >= 1
+    state = json.loads(json.dumps(it.get_state()))
+    it.close()
+    again = PackedBatches(cfg, data, processor, rows=1, seed=0)
+    again.set_state(state)
+    assert again.truncated == it.truncated and again.skipped == it.skipped
+    again.close()
+
+
+def test_overlong_mode_is_validated(demo_setup):
+    _, processor, cfg = demo_setup
+    with pytest.raises(ValueError, match="overlong"):
+        PackedBatches(cfg, _data(overlong="cut"), processor, rows=1)
