@@ -33,6 +33,10 @@ from qwen2vl_jax.sharding.mesh import describe, make_mesh
 from qwen2vl_jax.perf.devices import detect_peak_tflops
 from qwen2vl_jax.perf.flops import train_flops_from_batch
 from qwen2vl_jax.train.checkpointing import PreemptionGuard, TrainCheckpointer
+from qwen2vl_jax.train.distributed import all_agree
+from qwen2vl_jax.train.nonfinite import NonFiniteWatch
+from qwen2vl_jax.train.resume_check import check_resume
+from qwen2vl_jax.train.run_lock import RunLock
 from qwen2vl_jax.train.metrics import MetricsLogger, Throughput
 from qwen2vl_jax.train.run_config import RunConfig, dump_yaml
 from qwen2vl_jax.train.setup import build_model_config, build_processor
@@ -62,16 +66,27 @@ def _batch_crc(batch: dict[str, np.ndarray]) -> int:
     return zlib.crc32(np.ascontiguousarray(batch["labels"]).tobytes(), crc)
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
+    """Train ``run`` (resuming from its latest valid checkpoint); see the module docstring."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() != 0:  # logs, metrics and the progress bar come from process 0 only
+        return _train(run, _quiet)
+    # Process 0 holds the run directory's lock for the whole run (the others share it).
+    with RunLock(run.run_dir, say=say) as lock:
+        return _train(run, say, lock)
+
+
+def _train(run: RunConfig, say: Callable[[str], None], lock: RunLock | None = None) -> TrainResult:
     from data_pipelines.pipeline import PackedBatches
 
     run_dir = run.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     main_process = jax.process_index() == 0
     processor = build_processor(run)
     cfg = build_model_config(run, processor)
-    if main_process:
-        (run_dir / "config.yaml").write_text(dump_yaml(run))
 
     mesh = make_mesh(run.runtime.mesh)
     setup = make_train_setup(run, cfg, mesh)
@@ -83,12 +98,15 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
     data = PackedBatches(cfg, run.data, processor, rows=run.per_device_batch_size, grad_accum=run.grad_accum,
                          groups=setup.groups // jax.process_count(), seed=run.seed, process_index=jax.process_index(),
                          process_count=jax.process_count(), base_dir=os.getcwd())
-    ckpt = TrainCheckpointer(run_dir / "checkpoints", keep_last=run.keep_checkpoints)
+    ckpt = TrainCheckpointer(run_dir / "checkpoints", keep_last=run.keep_checkpoints, say=say)
     start = 0
-    if ckpt.latest_step() is not None:
-        start, params, opt_state, data_state, _ = ckpt.restore(params, opt_state)
+    if ckpt.all_steps():
+        start, params, opt_state, data_state, saved = ckpt.restore(params, opt_state)
+        check_resume(saved, run.to_dict(), run.accept_changed_recipe, say=say)
         data.set_state(data_state)
         say(f"resuming {run_dir} from the checkpoint of step {start}")
+    if main_process:
+        (run_dir / "config.yaml").write_text(dump_yaml(run))
     n_params = sum(int(x.size) for x in jax.tree.leaves(params))
     say(f"run {run_dir}: {n_params:,} parameters, {jax.device_count()} {jax.devices()[0].platform} device(s) "
         f"on mesh {describe(mesh)}, batch {run.grad_accum} x {setup.groups} x {run.per_device_batch_size} rows x "
@@ -101,51 +119,62 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
     meter = Throughput(n_devices=jax.device_count(), peak_tflops=peak)
     window: dict[str, list[float]] = {}
     loss_sum, last = None, {}
+    nonfinite = NonFiniteWatch(run.max_nonfinite_steps)
     preempted, step = False, start
-    with PreemptionGuard() as guard:
-        while step < run.steps:
-            item = next(data)
-            host = item["batch"]
-            batch = {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in host.items()}
-            with jax.set_mesh(mesh):
-                params, opt_state, m = step_fn(params, opt_state, batch)
-            step += 1
-            loss_sum = m["loss"] if loss_sum is None else loss_sum + m["loss"]
-            stats = item["stats"]
-            meter.add(stats["text_tokens"] * jax.process_count(), stats["vision_patches"] * jax.process_count(),
-                      train_flops_from_batch(cfg, host, freeze=run.freeze) * jax.process_count())
-            for k in ("text_padding_fraction", "patch_padding_fraction"):
-                window.setdefault(k, []).append(stats[k])
-            if step % run.log_every == 0 or step == run.steps:
-                fetched = jax.device_get({**m, "loss_sum": loss_sum})
-                n = len(window["text_padding_fraction"])
-                last = {
-                    "loss": float(fetched["loss_sum"]) / n,
-                    "grad_norm": float(fetched["grad_norm"]),
-                    "learning_rate": float(fetched["learning_rate"]),
-                    "labelled_tokens": int(fetched["tokens"]),
-                    **({"z_loss": float(fetched["z_loss"])} if run.z_loss_weight else {}),
-                    **{k: float(np.mean(v)) for k, v in window.items()},
-                    "skipped_records": int(stats["skipped_records"]),
-                    **meter.window(),
-                    "batch_crc": _batch_crc(host),
-                }
-                logger.log(step, last)
-                loss_sum, window = None, {}
-                if not np.isfinite(last["loss"]):
-                    raise FloatingPointError(f"step {step}: loss is {last['loss']}; stopping "
-                                             "(lower optimizer.learning_rate or check the data)")
-            if guard.requested:
-                logger.write(f"{guard.signal_name}: saving a checkpoint at step {step} and exiting")
-                preempted = True
-            if step % run.checkpoint_every == 0 or step == run.steps or preempted:
-                ckpt.save(step, params, opt_state, data_iter_state=data.get_state(), config=run.to_dict(),
-                          force=True)
-            if preempted:
-                break
-    ckpt.close()
-    data.close()
-    logger.close()
+    try:
+        with PreemptionGuard() as guard:
+            while step < run.steps:
+                item = next(data)
+                host = item["batch"]
+                batch = {k: jax.make_array_from_process_local_data(data_sharding, v) for k, v in host.items()}
+                with jax.set_mesh(mesh):
+                    params, opt_state, m = step_fn(params, opt_state, batch)
+                step += 1
+                nonfinite.add(step, m["finite"], item.get("record_indices"))
+                finite_loss = jax.numpy.where(m["finite"], m["loss"], 0.0)
+                loss_sum = finite_loss if loss_sum is None else loss_sum + finite_loss
+                stats = item["stats"]
+                meter.add(stats["text_tokens"] * jax.process_count(), stats["vision_patches"] * jax.process_count(),
+                          train_flops_from_batch(cfg, host, freeze=run.freeze) * jax.process_count())
+                for k in ("text_padding_fraction", "patch_padding_fraction"):
+                    window.setdefault(k, []).append(stats[k])
+                if step % run.log_every == 0 or step == run.steps:
+                    fetched = jax.device_get({**m, "loss_sum": loss_sum})
+                    n = len(window["text_padding_fraction"])
+                    counted = nonfinite.settle()
+                    last = {
+                        "loss": float(fetched["loss_sum"]) / max(n - counted.in_window, 1),
+                        "grad_norm": float(fetched["grad_norm"]),
+                        "learning_rate": float(fetched["learning_rate"]),
+                        "labelled_tokens": int(fetched["tokens"]),
+                        **({"z_loss": float(fetched["z_loss"])} if run.z_loss_weight else {}),
+                        **{k: float(np.mean(v)) for k, v in window.items()},
+                        "skipped_records": int(stats["skipped_records"]),
+                        **({"truncated_records": int(stats["truncated_records"])}
+                           if "truncated_records" in stats else {}),
+                        "nonfinite_steps": counted.total,
+                        **meter.window(),
+                        "batch_crc": _batch_crc(host),
+                    }
+                    logger.log(step, last)
+                    loss_sum, window = None, {}
+                    if lock is not None:
+                        lock.heartbeat()
+                if all_agree(guard.requested):  # every host stops at the same step, whichever got the signal
+                    logger.write(f"{guard.signal_name or 'preemption on another host'}: saving a checkpoint at "
+                                 f"step {step} and exiting")
+                    preempted = True
+                if step % run.checkpoint_every == 0 or step == run.steps or preempted:
+                    nonfinite.settle()
+                    ckpt.save(step, params, opt_state, data_iter_state=data.get_state(), config=run.to_dict(),
+                              force=True)
+                if preempted:
+                    break
+        nonfinite.settle()
+    finally:
+        ckpt.close()
+        data.close()
+        logger.close()
     skipped = dict(data.skipped)
     if skipped:
         say(f"skipped {sum(skipped.values())} bad record(s): {skipped}")

@@ -69,6 +69,8 @@ class RunConfig:
     peak_tflops: float | None = None  # per device, for MFU (None: from the device kind)
     tensorboard: str = "auto"  # "auto" (if tensorboardX is installed) | "true" | "false"
     wandb: dict | None = None  # e.g. {project: qwen2vl, name: stage1}; needs the [track] extra
+    max_nonfinite_steps: int = 3  # stop after this many steps in a row with a non-finite loss/grad
+    accept_changed_recipe: bool = False  # resume even if what is trained changed (train/resume_check.py)
     tokenizer: str | None = None  # a dir with tokenizer.json etc.; None: model.checkpoint's;
     #                               "builtin:synthetic_visual_qa" builds the demo's small tokenizer
     model: ModelSection = dataclasses.field(default_factory=ModelSection)
@@ -92,7 +94,7 @@ class RunConfig:
             raise ValueError("set model.preset (train from scratch) or model.checkpoint (fine-tune; with "
                              "model.preset too, the checkpoint's architecture is checked against it)")
         for name in ("steps", "checkpoint_every", "log_every", "per_device_batch_size", "grad_accum",
-                     "keep_checkpoints"):
+                     "keep_checkpoints", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tensorboard not in ("auto", "true", "false"):

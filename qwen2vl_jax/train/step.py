@@ -81,13 +81,21 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
         (g_sum, stats), _ = jax.lax.scan(micro, (zeros, stats0), batch)
         tokens = jnp.maximum(stats["tokens"], 1)
         grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), g_sum, trainable)
-        updates, opt_state = optimizer.update(grads, opt_state, trainable)
-        trainable = optax.apply_updates(trainable, updates)
+        loss, grad_norm = stats["ce_sum"] / tokens, optax.tree.norm(grads)
+        # A non-finite loss or gradient applies no update: params and optimizer state pass
+        # through unchanged (the loop counts it and stops after too many in a row).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(stats["z_sum"])
+        updates, new_opt_state = optimizer.update(grads, opt_state, trainable)
+        new_trainable = optax.apply_updates(trainable, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        trainable = jax.tree.map(keep, new_trainable, trainable)
+        opt_state = jax.tree.map(keep, new_opt_state, opt_state)
         metrics = {
-            "loss": stats["ce_sum"] / tokens,
+            "loss": loss,
             "z_loss": stats["z_sum"] / tokens,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": grad_norm,
             "tokens": stats["tokens"],
+            "finite": finite,
         }
         if schedule is not None:
             metrics["learning_rate"] = schedule(_step_count(opt_state))
