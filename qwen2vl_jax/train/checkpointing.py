@@ -68,6 +68,23 @@ def check_step_dir(step_dir: epath.Path) -> str | None:
     return None
 
 
+def _replicated() -> jax.sharding.NamedSharding:
+    # Every device of every process holds a copy: each process has addressable shards (a
+    # single-device target on process 0's first device would leave the others none).
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("all",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    """The restore target of one leaf: its shape, dtype and sharding; a host array (no
+    sharding, e.g. the step counter) restores replicated, whatever mesh or process count saved it."""
+    sharding = getattr(x, "sharding", None)
+    if sharding is None:
+        sharding = _replicated()
+    return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
+                                sharding=sharding)
+
+
 class TrainCheckpointer:
     def __init__(self, directory: str | os.PathLike, keep_last: int = 3, async_save: bool = True,
                  say: Callable[[str], None] = print):
@@ -99,18 +116,22 @@ class TrainCheckpointer:
         step_dir = self._step_dir(step)
         if not step_dir.is_dir():
             raise self._write_error(step, FileNotFoundError(f"{step_dir} was not created"))
+        try:
+            self._write_manifest(step)
+        except OSError as e:
+            raise self._write_error(step, e) from e
+        valid = self.valid_steps()
+        for old in valid[:-self.keep_last]:
+            self._manager.delete(old)
+
+    def _write_manifest(self, step: int) -> None:
+        step_dir = self._step_dir(step)
         if jax.process_index() == 0:  # one writer; every host wrote its shards before the commit
-            try:
-                (step_dir / MANIFEST).write_text(json.dumps(_manifest_of(step_dir)))
-            except OSError as e:
-                raise self._write_error(step, e) from e
+            (step_dir / MANIFEST).write_text(json.dumps(_manifest_of(step_dir)))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices(f"qwen2vl_manifest_{step}")
-        valid = self.valid_steps()
-        for old in valid[:-self.keep_last]:
-            self._manager.delete(old)
 
     def _write_error(self, step: int | None, e: BaseException) -> CheckpointWriteError:
         intact = [s for s in self.all_steps() if s != step and check_step_dir(self._step_dir(s)) is None]
@@ -160,22 +181,31 @@ class TrainCheckpointer:
         """Restore (step, params, opt_state, data_iter_state, config) from ``step`` (default: the
         newest step that is complete and readable, falling back past broken ones with a
         message). ``*_like`` give structure, shapes, dtypes and, if set, shardings."""
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                                {"params": params_like, "opt_state": opt_state_like,
-                                 "step": np.asarray(0, np.int32)})
+        abstract = jax.tree.map(_abstract, {"params": params_like, "opt_state": opt_state_like,
+                                            "step": np.asarray(0, np.int32)})
         candidates = [step] if step is not None else list(reversed(self.all_steps()))
         if not candidates:
             raise ValueError(f"{self.directory}: no checkpoint to restore")
         problems = []
+        finalized = set(self._manager.all_steps())  # Orbax committed these (atomic rename / commit file)
         for s in candidates:
             why = check_step_dir(self._step_dir(s))
-            if why is None:
+            # Killed after Orbax committed the step but before our manifest was written: the step
+            # is complete by Orbax's own commit protocol; reading every array below verifies it.
+            unverified = why is not None and why.startswith("incomplete") and s in finalized
+            if why is None or unverified:
                 try:
                     out = self._manager.restore(s, args=ocp.args.Composite(
                         state=ocp.args.StandardRestore(abstract), data_iter=ocp.args.JsonRestore(),
                         config=ocp.args.JsonRestore()))
                 except Exception as e:  # a corrupt array file: Orbax / tensorstore errors
                     why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+                else:
+                    why = None
+                    if unverified:
+                        problems.append(f"the checkpoint of step {s} has no manifest (the run stopped just "
+                                        "after Orbax committed it); every array read back, manifest written")
+                        self._write_manifest(s)
             if why is None:
                 if problems:
                     self.say(f"resuming from step {s}: " + "; ".join(problems))

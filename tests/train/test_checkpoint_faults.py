@@ -41,11 +41,35 @@ def test_a_truncated_latest_step_falls_back_to_the_previous_one(tmp_path):
     assert said and "step 2" in said[0] and "truncated" in said[0]
 
 
+def test_a_step_killed_after_orbax_committed_it_but_before_its_manifest_is_read_back(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    (tmp_path / "2" / "qwen2vl_manifest.json").unlink()  # what a kill between commit and manifest leaves
+    said = []
+    with TrainCheckpointer(tmp_path, say=said.append) as ckpt:
+        assert ckpt.valid_steps() == [1]
+        step, params, _, data, _ = ckpt.restore(_tree(0), _tree(0))
+        assert step == 2 and data == {"i": 2} and float(params["w"][0, 0]) == 2.0
+        assert ckpt.valid_steps() == [1, 2]  # read back in full, so its manifest is written
+    assert "no manifest" in said[0]
+
+
 def test_a_step_killed_mid_save_is_ignored(tmp_path):
     _save_steps(tmp_path, [1, 2])
-    (tmp_path / "2" / "qwen2vl_manifest.json").unlink()  # what a kill before the manifest leaves
+    # What a kill during the write leaves: Orbax's temporary directory, never renamed to "3".
+    (tmp_path / "3.orbax-checkpoint-tmp-1234").mkdir()
     with TrainCheckpointer(tmp_path, say=lambda _: None) as ckpt:
-        assert ckpt.valid_steps() == [1] and ckpt.restore(_tree(0), _tree(0))[0] == 1
+        assert ckpt.all_steps() == [1, 2] and ckpt.restore(_tree(0), _tree(0))[0] == 2
+
+
+def test_a_manifestless_step_that_does_not_read_back_falls_back(tmp_path):
+    _save_steps(tmp_path, [1, 2])
+    (tmp_path / "2" / "qwen2vl_manifest.json").unlink()
+    victim = _largest_file(tmp_path / "2")
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    said = []
+    with TrainCheckpointer(tmp_path, say=said.append) as ckpt:
+        assert ckpt.restore(_tree(0), _tree(0))[0] == 1
+    assert "step 2 is unreadable" in said[0]
 
 
 def test_a_corrupt_array_that_keeps_its_size_is_caught_by_orbax(tmp_path):
