@@ -47,8 +47,14 @@ class Qwen2VL(nnx.Module):
         return constrain(x, ("batch", "sequence", "act_embed"))
 
     def rotary(self, position_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """cos/sin [B, S, head_dim] of the decoder's position encoding for int[3, B, S] ids."""
+        """cos/sin [B, S, head_dim] of the decoder's position encoding for int[3, B, S] ids.
+
+        ``rope_1d`` uses the same tables (its ids are equal on the three streams, where M-RoPE
+        is ordinary RoPE); ``none`` is cos 1, sin 0: the rotation is an exact identity."""
         t = self.text
+        if t.position_encoding == "none":
+            shape = (*position_ids.shape[1:], t.head_dim)
+            return jnp.ones(shape, self.dtype), jnp.zeros(shape, self.dtype)
         return mrope_cos_sin(position_ids, t.head_dim, t.rope_theta, t.mrope_section, self.dtype)
 
     def logits_from_hidden(self, h: jax.Array) -> jax.Array:

@@ -20,6 +20,13 @@ from typing import Any
 # never written there, and a value found there is ignored.
 NOT_IN_CONFIG_JSON = {"config_json": False}
 
+POSITION_ENCODINGS = ("mrope", "rope_1d", "none")
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"config: {name} {value!r} is not one of {', '.join(valid)}")
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -78,6 +85,13 @@ class TextConfig:
     use_sliding_window: bool = False
     sliding_window: int | None = 32768
     max_window_layers: int = 28
+    # Ablation switch (docs/mrope.md): "mrope" (Qwen2-VL), "rope_1d" (every token, vision
+    # included, at position 0, 1, 2, ... along its row, the same id on the three streams) or
+    # "none" (no rotary in attention, as Jamba's attention layers).
+    position_encoding: str = "mrope"
+
+    def __post_init__(self):
+        _check_choice("text.position_encoding", self.position_encoding, POSITION_ENCODINGS)
 
     @property
     def head_dim(self) -> int:

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from qwen2vl_jax.layout.rope_index import get_rope_index
+from qwen2vl_jax.layout.rope_index import position_ids_for
 from qwen2vl_jax.layout.vision import (
     check_grid,
     vision_position_ids,
@@ -68,11 +68,8 @@ def prepare_model_inputs(
     n_img = int(np.prod(image_grid, axis=1).sum()) // merge**2
     n_vid = int(np.prod(video_grid, axis=1).sum()) // merge**2
     scatter = vision_scatter_index(ids, cfg.image_token_id, cfg.video_token_id, n_img, n_vid)
-    position_ids, deltas = get_rope_index(
-        ids, image_grid if len(image_grid) else None, video_grid if len(video_grid) else None, mask,
-        spatial_merge_size=merge, image_token_id=cfg.image_token_id,
-        video_token_id=cfg.video_token_id, vision_start_token_id=cfg.vision_start_token_id,
-    )
+    position_ids, deltas = position_ids_for(
+        cfg, ids, image_grid if len(image_grid) else None, video_grid if len(video_grid) else None, mask)
     out = {
         "input_ids": ids.astype(np.int32),
         "position_ids": position_ids.astype(np.int32),

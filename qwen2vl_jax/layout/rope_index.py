@@ -42,14 +42,7 @@ def get_rope_index(
     video_grid = _as_grid(video_grid_thw, "video_grid_thw")
 
     if len(image_grid) == 0 and len(video_grid) == 0:
-        if attention_mask is None:
-            pos = np.broadcast_to(np.arange(s), (3, b, s)).copy()
-            return pos, np.zeros((b, 1), dtype=np.int64)
-        pos1 = np.cumsum(mask, axis=-1) - 1
-        pos1 = np.where(mask == 0, 1, pos1)
-        pos = np.broadcast_to(pos1, (3, b, s)).astype(np.int64).copy()
-        deltas = pos1.max(axis=-1, keepdims=True) + 1 - s
-        return pos, deltas.astype(np.int64)
+        return text_position_ids(ids, attention_mask)
 
     position_ids = np.ones((3, b, s), dtype=np.int64)
     deltas = np.zeros((b, 1), dtype=np.int64)
@@ -109,3 +102,28 @@ def _find(tokens: list[int], token: int, start: int) -> int:
         return tokens.index(token, start)
     except ValueError:
         return len(tokens) + 1
+
+
+def text_position_ids(input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """1D positions int64[3, B, S] (0, 1, 2, ... over each row's real tokens, vision tokens
+    included; left padding excluded, as ``get_rope_index`` treats text; padded slots 1) and the
+    matching ``rope_deltas`` [B, 1]: the ``rope_1d`` ablation, and M-RoPE of a text-only row."""
+    ids = np.asarray(input_ids)
+    b, s = ids.shape
+    if attention_mask is None:
+        return np.broadcast_to(np.arange(s), (3, b, s)).astype(np.int64).copy(), np.zeros((b, 1), np.int64)
+    mask = np.asarray(attention_mask)
+    pos1 = np.where(mask == 0, 1, np.cumsum(mask, axis=-1) - 1)
+    deltas = pos1.max(axis=-1, keepdims=True) + 1 - s
+    return np.broadcast_to(pos1, (3, b, s)).astype(np.int64).copy(), deltas.astype(np.int64)
+
+
+def position_ids_for(cfg: Any, input_ids: np.ndarray, image_grid_thw: Any = None, video_grid_thw: Any = None,
+                     attention_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The decoder's position ids and rope deltas under ``cfg.text.position_encoding``."""
+    if getattr(cfg.text, "position_encoding", "mrope") != "mrope":
+        return text_position_ids(input_ids, attention_mask)
+    return get_rope_index(input_ids, image_grid_thw, video_grid_thw, attention_mask,
+                          spatial_merge_size=cfg.vision.spatial_merge_size, image_token_id=cfg.image_token_id,
+                          video_token_id=cfg.video_token_id, vision_start_token_id=cfg.vision_start_token_id)
