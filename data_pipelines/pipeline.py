@@ -1,68 +1,79 @@
-"""The training input pipeline: source -> shuffle -> shard -> preprocess (worker processes) ->
-first-fit packing -> microbatches of fixed shape. Host numpy out; the loop does ``device_put``.
+"""The training input pipeline: source -> group streams (read, preprocess, pack; on worker
+processes) -> steps of fixed shape ``[grad_accum, groups, rows, ...]``. Host numpy out; the loop
+does ``device_put``.
 
-    records = open_source(spec)                                    # random access
-    order = EpochOrder(len(records), seed, shuffle, process_index, process_count)
-    ds = grain.MapDataset.range(order.length).map(preprocess)     # position -> (position, record, result)
-    it = ds.to_iter_dataset().mp_prefetch(num_workers)             # preprocessing off the main process
+A step has ``num_groups`` packing groups globally (one per device; each ``rows`` packed rows
+with its own vision stream). Group ``g``'s content is a pure function of (records, seed, g,
+num_groups, budgets): it reads global stream positions ``g, g + G, g + 2G, ...`` of the epoch
+order (``group_stream.EpochOrder``: each epoch its own permutation keyed by ``(seed, epoch)``)
+and packs them first-fit with its own carry (``group_stream.GroupStream``). A process owns a
+contiguous range of groups (``process_groups``) and yields its share of every step; the global
+batch, the processes' shares concatenated in group order, is the same for any process count,
+and the same for any number of worker processes (``workers``: preprocessing and packing never
+run on the main process unless ``data.num_workers`` is 0, the in-process mode for debugging):
 
-The record order is ours, not a composition of grain transformations: the global stream is
-epoch 0's permutation of all records, then epoch 1's, ...; epoch ``e`` is a keyed pseudo-random
-permutation (``mixture.permute``) whose key hashes ``(seed, e)``, so every epoch has its own
-order, each a pure function of ``(seed, epoch)`` (grain's ``shuffle`` keys epoch ``e`` with
-``seed + e``: run ``seed + 1`` would replay run ``seed`` one epoch late). Process ``p`` of ``P``
-reads global positions ``p, p + P, p + 2P, ...``: the processes split every epoch between them
-without overlap. A stream position maps to its record in O(1), so grain's iterator state (the
-next position) restores the exact stream, also in the middle of an epoch.
+    data = PackedBatches(cfg, run.data, processor, rows=4, grad_accum=4, num_groups=jax.device_count(),
+                         groups=process_groups(jax.device_count(), jax.process_index(), jax.process_count()),
+                         seed=run.seed, pixel_dtype=run.runtime.dtype)
+    item = next(data)   # {"batch": {key: [A, len(groups), ...]}, "stats": {...}, "record_indices": [...]}
 
-``PackedBatches`` then draws samples until a group's text or patch budget is covered, first-fit
-packs them (``qwen2vl_jax.layout.packing``), carries the samples that did not fit to the next group, and
-stacks ``groups`` groups (one per local device) x ``grad_accum`` microbatches into one step's
-batch ``[A, G, rows, ...]``.
+State (``get_state``, small JSON): as of the last step the caller took (never of prefetched
+work): per owned group its next stream position, the positions of its carried samples and its
+counters, plus ``num_groups`` and the budgets. ``set_state`` takes a state holding at least the
+owned groups (``merge_states`` joins the states of all processes), so a run may resume on
+another process count; a different ``num_groups`` or budgets raises ``ValueError`` (the data
+stream cannot carry over: it would be a different stream).
 
-State: the grain iterator's state + the stream positions of the carried samples + the skip and
-truncation counters. The carried samples are re-made from their positions on restore
-(preprocessing is a pure function of the record), so a restored iterator continues the exact
-stream and the state stays small JSON.
-
-Bad records are never fatal: each is skipped, counted by reason (``skipped``) and the first few
-are logged with their record index and full reason. Samples over the text budget are skipped or,
-with ``data.overlong: truncate``, cut to it (``preprocess``) and counted in ``truncated``.
+Bad records are never fatal: each is skipped, counted by reason and the first few are logged
+with their record index and full reason. Samples over the text budget are skipped or, with
+``data.overlong: truncate``, cut to it (``preprocess``) and counted as truncated.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
+import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from data_pipelines.mixture import _mix64, permute
-from data_pipelines.preprocess import RecordPreprocessor, reason_key
+from data_pipelines.group_stream import (
+    MAX_LOGGED_BAD_RECORDS,
+    EpochOrder,
+    GroupStream,
+    StreamSpec,
+    empty_group_state,
+    produce_step,
+)
+from data_pipelines.preprocess import RecordPreprocessor
 from data_pipelines.sources import open_source
-from qwen2vl_jax.layout.packing import first_fit, pack
+from qwen2vl_jax.layout.packing import PackingConfig, pixel_dtype_of
 
 log = logging.getLogger(__name__)
-MAX_LOGGED_BAD_RECORDS = 20
+STATE_FORMAT = "group_streams/1"
+
+__all__ = ["DataConfig", "EpochOrder", "PackedBatches", "StateMismatch", "merge_states", "process_groups"]
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """The ``data:`` section of a training recipe.
 
-    ``rows`` per microbatch and ``grad_accum`` come from the run (per-device batch size x local
-    devices); the budgets here are per row: a microbatch holds ``rows x text_budget`` tokens and
-    ``rows x patches_per_row`` vision patches, whatever the images' sizes.
+    ``rows`` per group and ``grad_accum`` come from the run (per-device batch size); the budgets
+    here are per row: a group holds ``rows x text_budget`` tokens and ``rows x patches_per_row``
+    vision patches, whatever the images' sizes.
     """
 
     source: dict = dataclasses.field(default_factory=lambda: {"type": "synthetic_visual_qa"})
     labels: str = "assistant"  # "assistant" (SFT) | "all_text" (pre-training)
     text_budget: int = 1024  # tokens per row
-    patches_per_row: int = 4096  # vision patches per row (shared by the microbatch's rows)
-    num_workers: int = 0  # preprocessing processes (0: in the main process)
+    patches_per_row: int = 4096  # vision patches per row (shared by the group's rows)
+    # Processes that preprocess and pack (0: all in the main process). One packs each local group
+    # (at most); those beyond the local groups preprocess ahead for them (data_pipelines/read_ahead.py).
+    num_workers: int = 0
     shuffle: bool = True  # a new permutation of the records every epoch
     overlong: str = "skip"  # a sample over text_budget: "skip" | "truncate" (cut its text's tail)
     min_pixels: int | None = None  # image processor overrides (None: the checkpoint's)
@@ -70,80 +81,105 @@ class DataConfig:
     root: str | None = None  # folder relative image paths are resolved against
 
 
-_EPOCH_SALT = 0x2545F4914F6CDD1D
+class StateMismatch(ValueError):
+    """A saved data state that cannot carry over to this pipeline (the message says why)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class EpochOrder:
-    """Which record this process reads at each stream position (see the module docstring)."""
-
-    num_records: int
-    seed: int = 0
-    shuffle: bool = True
-    process_index: int = 0
-    process_count: int = 1
-
-    def __post_init__(self):
-        if self.num_records < 1:
-            raise ValueError(f"need at least one record, got {self.num_records}")
-        if not 0 <= self.process_index < self.process_count:
-            raise ValueError(f"process_index {self.process_index} not in [0, process_count={self.process_count})")
-
-    @property
-    def length(self) -> int:
-        """The stream is endless (epoch after epoch); grain needs a length."""
-        return sys.maxsize
-
-    def epoch_key(self, epoch: int) -> int:
-        return _mix64(_mix64(int(self.seed)) ^ _mix64(int(epoch) ^ _EPOCH_SALT))
-
-    def locate(self, position: int) -> tuple[int, int]:
-        """Stream position of this process -> (epoch, record index)."""
-        epoch, offset = divmod(self.process_index + int(position) * self.process_count, self.num_records)
-        if not self.shuffle:
-            return epoch, offset
-        return epoch, permute(offset, self.num_records, self.epoch_key(epoch))
+class DeviceCountChanged(StateMismatch):
+    """The saved data state has another number of packing groups (devices): a resume on another
+    device count is allowed, and its data stream starts afresh."""
 
 
-class _StreamPreprocess:
-    """``position -> (position, record index, result)``; picklable for grain's worker processes."""
+def process_groups(num_groups: int, process_index: int, process_count: int) -> range:
+    """The contiguous groups process ``process_index`` of ``process_count`` owns."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, process_count={process_count})")
+    if num_groups % process_count:
+        raise ValueError(f"{num_groups} packing groups do not split evenly over {process_count} processes")
+    per = num_groups // process_count
+    return range(process_index * per, (process_index + 1) * per)
 
-    def __init__(self, records: Any, order: EpochOrder, preprocess: RecordPreprocessor):
-        self.records, self.order, self.preprocess = records, order, preprocess
 
-    def __call__(self, position: int) -> tuple[int, int, dict]:
-        _, index = self.order.locate(position)
-        return int(position), index, self.preprocess(self.records[index])
+def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One state holding the groups of several processes' ``get_state()`` (e.g. all-gathered)."""
+    if not states:
+        raise ValueError("no data states to merge")
+    merged = {**states[0], "groups": {}}
+    for i, state in enumerate(states):
+        for key in ("format", "num_groups", "budgets", "steps"):
+            if state.get(key) != merged.get(key):
+                raise StateMismatch(f"data states disagree: state {i} has {key}={state.get(key)!r}, "
+                                    f"state 0 has {merged.get(key)!r}")
+        for g, group in state["groups"].items():
+            if g in merged["groups"]:
+                raise StateMismatch(f"data states overlap: group {g} appears twice")
+            merged["groups"][g] = group
+    return merged
 
 
-def _absl_flags_parsed() -> None:
-    # grain's worker processes read absl flags; a plain script (no absl.app.run) must mark them.
-    from absl import flags
+class _InProcess:
+    """``num_workers=0``: the group streams run here (debugging, tests)."""
 
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
+    def __init__(self, spec: StreamSpec, groups: list[int], states: dict[int, dict], grad_accum: int):
+        self.spec, self.grad_accum = spec, grad_accum
+        self.streams = [GroupStream(spec, g, states[g]) for g in groups]
+        self.produce_seconds = [0.0, 0.0]  # (wall, CPU) spent making the steps
+
+    def next_step(self) -> tuple[dict[str, np.ndarray], dict[int, dict]]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        lead = (self.grad_accum, len(self.streams))
+        out = {k: np.empty(lead + shape, dtype) for k, (shape, dtype) in self.spec.shapes().items()}
+        meta = produce_step(self.streams, self.grad_accum, out)
+        spent = (time.perf_counter() - wall, time.process_time() - cpu)
+        self.produce_seconds = [a + b for a, b in zip(self.produce_seconds, spent)]
+        return out, meta
+
+    def close(self) -> None:
+        pass
 
 
 class PackedBatches:
-    """An iterator of fixed-shape training batches with a JSON state (see module docstring).
+    """An iterator of fixed-shape training steps with a JSON state (see the module docstring).
 
     Args:
         cfg: the model config (token ids, merge size, patch dim).
         data: the ``DataConfig``.
         processor: a ``Qwen2VLProcessor``.
-        rows: rows per packed group; groups: groups per microbatch on this process (one per
-            local device: each has its own vision stream); grad_accum: microbatches per step.
-        seed: shuffle seed; process_index / process_count: this process's shard.
+        rows: rows per packing group; grad_accum: microbatches per step.
+        num_groups: packing groups per step, globally (one per device).
+        groups: the groups this process owns and yields, in this order (default: all);
+            ``process_groups(num_groups, process_index, process_count)`` for a pod.
+        seed: shuffle seed.
+        pixel_dtype: ``"float32"`` or ``"bfloat16"``: the dtype ``pixel_values`` travel in (use the
+            compute dtype: the model casts pixels to it first, so bf16 is exact and half the bytes).
         base_dir: where relative source paths in ``data.source`` are resolved.
+        prefetch: steps each worker may work ahead.
+        timeout_s: a worker silent this long is an error (None: wait forever).
+        process_index / process_count: the previous interface (``groups`` = groups per process,
+            an int): the process owns ``process_groups(groups * process_count, ...)``, and a state
+            that cannot carry over starts the stream afresh with a warning instead of raising.
     """
 
     def __init__(self, cfg: Any, data: DataConfig, processor: Any, *, rows: int, grad_accum: int = 1,
-                 groups: int = 1, seed: int = 0, process_index: int = 0, process_count: int = 1, base_dir: str | None = None):
-        import grain
-
-        if min(rows, grad_accum, groups) < 1:
-            raise ValueError(f"rows, grad_accum and groups must be >= 1, got {rows}, {grad_accum}, {groups}")
-        self.cfg, self.data, self.rows, self.grad_accum, self.groups = cfg, data, rows, grad_accum, groups
+                 num_groups: int | None = None, groups: Sequence[int] | int | None = None, seed: int = 0,
+                 pixel_dtype: str = "float32", base_dir: str | None = None, prefetch: int = 2,
+                 timeout_s: float | None = 900.0, process_index: int = 0, process_count: int = 1):
+        self._legacy = isinstance(groups, int)
+        if self._legacy:  # the previous interface: groups per process
+            num_groups = groups * process_count
+            groups = process_groups(num_groups, process_index, process_count)
+        num_groups = num_groups or (len(groups) if groups is not None else 1)
+        groups = list(range(num_groups) if groups is None else groups)
+        if min(rows, grad_accum, num_groups, prefetch) < 1 or not groups:
+            raise ValueError(f"rows, grad_accum, num_groups, prefetch and the owned groups must be >= 1, got "
+                             f"{rows}, {grad_accum}, {num_groups}, {prefetch}, {groups}")
+        if len(set(groups)) != len(groups) or not all(0 <= g < num_groups for g in groups):
+            raise ValueError(f"groups must be distinct and in [0, num_groups={num_groups}), got {groups}")
+        if data.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {data.num_workers}")
+        self.cfg, self.data, self.rows, self.grad_accum = cfg, data, rows, grad_accum
+        self.num_groups, self.groups, self.seed = num_groups, groups, seed
+        self.prefetch, self.timeout_s = prefetch, timeout_s
         self.text_budget = data.text_budget
         self.patch_budget = rows * data.patches_per_row
         records = open_source(dict(data.source), base_dir=base_dir)
@@ -151,102 +187,140 @@ class PackedBatches:
             raise ValueError(f"data source {data.source} has no records")
         preprocess = RecordPreprocessor(processor, labels=data.labels, max_tokens=self.text_budget,
                                         max_patches=self.patch_budget, root=data.root, overlong=data.overlong)
-        self.order = EpochOrder(len(records), seed, data.shuffle, process_index, process_count)
-        self._indexed = grain.MapDataset.range(self.order.length).map(_StreamPreprocess(records, self.order, preprocess))
-        it_ds = self._indexed.to_iter_dataset()
-        if data.num_workers > 0:
-            _absl_flags_parsed()
-            it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.num_workers))
-        self._it = iter(it_ds)
-        self._carry: list[tuple[int, Any]] = []  # (stream position, Sample) read but not yet packed
-        self.skipped: Counter[str] = Counter()
-        self.truncated = 0  # samples cut to the text budget (data.overlong: truncate)
-        self.records_read = 0
-        self.batches = 0
+        self.spec = StreamSpec(records=records, preprocess=preprocess, packing=PackingConfig.of(cfg),
+                               order=EpochOrder(len(records), seed, data.shuffle), num_groups=num_groups,
+                               rows=rows, text_budget=self.text_budget, patch_budget=self.patch_budget,
+                               pixel_dtype=pixel_dtype_of(pixel_dtype).name)
+        self._states = {g: empty_group_state(g) for g in groups}  # as of the last step handed out
+        self._source: Any = None  # started on the first step (after a possible set_state)
+        self._logged = Counter()  # bad-record log lines written, per level
+        self.batches = 0  # steps handed out
+        self._closed = False
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def skipped(self) -> Counter:
+        """Skipped records by reason, summed over the owned groups (as of the last step taken)."""
+        total: Counter = Counter()
+        for state in self._states.values():
+            total.update(state["skipped"])
+        return total
+
+    @property
+    def truncated(self) -> int:
+        return sum(s["truncated"] for s in self._states.values())
+
+    @property
+    def records_read(self) -> int:
+        return sum(s["records_read"] for s in self._states.values())
+
     def get_state(self) -> dict[str, Any]:
-        return {"grain": self._it.get_state(), "carry": [i for i, _ in self._carry],
-                "skipped": dict(self.skipped), "truncated": self.truncated, "records_read": self.records_read,
-                "batches": self.batches}
+        return {"format": STATE_FORMAT, "num_groups": self.num_groups, "budgets": self.spec.budgets,
+                "seed": self.seed, "num_records": self.spec.order.num_records, "steps": self.batches,
+                "groups": {str(g): _copy_state(self._states[g]) for g in self.groups}}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._it.set_state(state["grain"])
-        self._carry = []
-        for i in state["carry"]:
-            _, _, out = self._indexed[i]
-            self._carry.append((i, out["sample"]))
-        self.skipped = Counter(state["skipped"])
-        self.truncated = int(state.get("truncated", 0))
-        self.records_read = int(state["records_read"])
-        self.batches = int(state["batches"])
+        """Continue from ``state`` (this pipeline's or a merge of several processes'); it must hold
+        every owned group. ``StateMismatch`` (a ValueError) when it cannot carry over."""
+        try:
+            self._set_state(state)
+        except StateMismatch as err:
+            if not self._legacy:
+                raise
+            log.warning("%s; starting the data stream afresh", err)
+
+    def _set_state(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            found = state.get("format", "no per-group streams") if isinstance(state, dict) else type(state).__name__
+            raise StateMismatch(f"the data state cannot carry over: it has format {found!r}, this pipeline "
+                                f"reads {STATE_FORMAT!r} (it was written by an earlier input pipeline)")
+        if state["num_groups"] != self.num_groups:
+            raise DeviceCountChanged(f"the data state cannot carry over: it was written with num_groups="
+                                f"{state['num_groups']} packing groups per step, this run has {self.num_groups} "
+                                "(one per device: a different device count makes a different data stream)")
+        if state["budgets"] != self.spec.budgets:
+            raise StateMismatch(f"the data state cannot carry over: its packing budgets {state['budgets']} differ "
+                                f"from this run's {self.spec.budgets} (rows per group, tokens per row, patches "
+                                "per group): the groups would pack differently")
+        missing = [g for g in self.groups if str(g) not in state["groups"]]
+        if missing:
+            raise StateMismatch(f"the data state has no state for groups {missing} of this process "
+                                "(merge the states of every process with merge_states)")
+        states = {g: _copy_state(state["groups"][str(g)]) for g in self.groups}
+        for g, s in states.items():
+            bad = [p for p in [s["next_position"], *s["carry"]] if int(p) % self.num_groups != g]
+            if bad:
+                raise StateMismatch(f"the data state of group {g} holds positions {bad[:4]} of another group")
+        self._stop()
+        self._states, self.batches = states, int(state["steps"])
 
     # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> PackedBatches:
         return self
 
-    def _next_sample(self) -> tuple[int, Any]:
-        while True:
-            position, index, out = next(self._it)
-            self.records_read += 1
-            if "sample" in out:
-                if out.get("truncated"):
-                    self.truncated += 1
-                    if self.truncated <= MAX_LOGGED_BAD_RECORDS:
-                        log.info("record %d (stream position %d) %s", index, position, out["truncated"])
-                return position, out["sample"]
-            self._skip(index, out["error"], position)
+    def _start(self) -> None:
+        if self.data.num_workers == 0:
+            self._source = _InProcess(self.spec, self.groups, self._states, self.grad_accum)
+        else:
+            from data_pipelines.workers import WorkerPool
 
-    def _skip(self, index: int, reason: str, position: int | None = None) -> None:
-        self.skipped[reason_key(reason)] += 1
-        if sum(self.skipped.values()) <= MAX_LOGGED_BAD_RECORDS:
-            where = "" if position is None else f" (stream position {position})"
-            log.warning("skipping bad record %d%s: %s", index, where, reason)
+            self._source = WorkerPool(self.spec, self.groups, self._states, self.grad_accum, self.data.num_workers,
+                                      prefetch=self.prefetch, timeout_s=self.timeout_s)
 
-    def _microbatch(self) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        pool = self._carry
-        tokens = sum(s.num_tokens for _, s in pool)
-        patches = sum(s.num_patches for _, s in pool)
-        # Read until the pool covers one of the two budgets: then the batch is as full as the
-        # binding budget allows, and the carry stays bounded by one batch.
-        while tokens < self.rows * self.text_budget and patches < self.patch_budget:
-            index, sample = self._next_sample()
-            pool.append((index, sample))
-            tokens += sample.num_tokens
-            patches += sample.num_patches
-        samples = [s for _, s in pool]
-        plan = first_fit(samples, self.rows, self.text_budget, self.patch_budget)
-        for k, reason in plan.rejected:  # the preprocessor already rejects these; kept for safety
-            self._skip(self.order.locate(pool[k][0])[1], reason, pool[k][0])
-        self._carry = [pool[k] for k in plan.deferred]
-        batch = pack(self.cfg, samples, plan, self.text_budget, self.patch_budget)
-        used = [samples[k] for row in plan.rows for k in row]
-        stats = {
-            "text_padding_fraction": float(batch.pop("text_padding_fraction")),
-            "patch_padding_fraction": float(batch.pop("patch_padding_fraction")),
-            "samples": float(len(used)),
-            "text_tokens": float(sum(s.num_tokens for s in used)),
-            "vision_patches": float(sum(s.num_patches for s in used)),
-        }
-        return batch, stats
+    def _stop(self) -> None:
+        source, self._source = self._source, None
+        if source is not None:
+            source.close()
 
     def __next__(self) -> dict[str, Any]:
-        """One step: ``{"batch": {key: [A, G, ...]}, "stats": {...}}`` (host numpy): A = grad_accum
-        microbatches of G = groups packed groups (one per local device) of ``rows`` rows."""
-        parts = [self._microbatch() for _ in range(self.grad_accum * self.groups)]
-        batch = {k: np.stack([b[k] for b, _ in parts]).reshape(self.grad_accum, self.groups, *parts[0][0][k].shape)
-                 for k in parts[0][0]}
-        stats = {k: float(np.mean([s[k] for _, s in parts])) for k in parts[0][1]}
+        """One step: ``{"batch": {key: [A, len(groups), ...]}, "stats": {...}, "record_indices":
+        [[...] per owned group]}`` (host numpy). ``record_indices[j]``: the source indices of the
+        records packed in group ``groups[j]`` this step, microbatch by microbatch, row by row."""
+        if self._closed:
+            raise RuntimeError("PackedBatches is closed")
+        try:
+            if self._source is None:
+                self._start()
+            batch, meta = self._source.next_step()
+        except BaseException:
+            self._stop()
+            raise
+        parts = [s for g in self.groups for s in meta[g]["stats"]]
+        stats = {k: float(np.mean([p[k] for p in parts])) for k in ("text_padding_fraction", "patch_padding_fraction")}
         for k in ("samples", "text_tokens", "vision_patches"):
-            stats[k] = float(sum(s[k] for _, s in parts))
+            stats[k] = float(sum(p[k] for p in parts))
+        for g in self.groups:
+            self._states[g] = meta[g]["state"]
+            for level, line in meta[g]["events"]:
+                if self._logged[level] < MAX_LOGGED_BAD_RECORDS:
+                    self._logged[level] += 1
+                    log.log(level, "%s", line)
         stats["skipped_records"] = float(sum(self.skipped.values()))
         stats["truncated_records"] = float(self.truncated)
         self.batches += 1
-        return {"batch": batch, "stats": stats}
+        return {"batch": batch, "stats": stats, "record_indices": [list(meta[g]["records"]) for g in self.groups]}
 
     def close(self) -> None:
-        close = getattr(self._it, "close", None)
-        if close is not None:
-            close()
+        """Stop the worker processes (idempotent; the state stays readable)."""
+        self._closed = True
+        self._stop()
+
+    def __enter__(self) -> PackedBatches:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self._stop()
+        except Exception:  # noqa: BLE001, S110 - never raise from a finaliser
+            pass
+
+
+def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
+    return {"next_position": int(state["next_position"]), "carry": [int(p) for p in state["carry"]],
+            "skipped": {str(k): int(v) for k, v in state["skipped"].items()}, "truncated": int(state["truncated"]),
+            "records_read": int(state["records_read"]), "microbatches": int(state["microbatches"])}

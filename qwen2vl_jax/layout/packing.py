@@ -7,7 +7,9 @@ padded to the patch budget, one segment per temporal slice, padding last in its 
 The result has exactly the arrays ``layout.prepare_model_inputs`` produces, plus ``labels``, at
 shapes that never change, so a whole training run compiles one step.
 
-Numpy only; the data pipeline calls this on host workers.
+Numpy only; the data pipeline calls this on host workers. ``pixel_values`` may travel in the
+compute dtype (``pixel_dtype="bfloat16"``, via ml_dtypes): the vision tower's first op casts its
+input to that dtype anyway, so the model sees the same bits at half the host memory.
 """
 
 from __future__ import annotations
@@ -20,6 +22,43 @@ import numpy as np
 from qwen2vl_jax.layout.inputs import IGNORE_INDEX
 from qwen2vl_jax.layout.rope_index import get_rope_index
 from qwen2vl_jax.layout.vision import check_grid, vision_position_ids, vision_segment_ids
+
+
+PIXEL_DTYPES = ("float32", "bfloat16")
+
+
+def pixel_dtype_of(name: Any) -> np.dtype:
+    """``"float32"`` / ``"bfloat16"`` (or such a numpy dtype) -> the numpy dtype of packed pixels."""
+    key = name if isinstance(name, str) else np.dtype(name).name
+    if key not in PIXEL_DTYPES:
+        raise ValueError(f"pixel dtype must be one of {PIXEL_DTYPES}, got {name!r}")
+    if key == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingVision:
+    spatial_merge_size: int
+    patch_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PackingConfig:
+    """The few model-config fields ``pack`` reads (same attribute paths as ``ModelConfig``): small
+    and plain, so host worker processes get it without the model's modules."""
+
+    vision: PackingVision
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+
+    @classmethod
+    def of(cls, cfg: Any) -> PackingConfig:
+        return cls(PackingVision(int(cfg.vision.spatial_merge_size), int(cfg.vision.patch_dim)),
+                   int(cfg.image_token_id), int(cfg.video_token_id), int(cfg.vision_start_token_id))
 
 
 @dataclasses.dataclass
@@ -73,14 +112,16 @@ def first_fit(samples: list[Sample], num_rows: int, text_budget: int, patch_budg
     return PackPlan(rows, deferred, rejected)
 
 
-def pack(cfg: Any, samples: list[Sample], plan: PackPlan, text_budget: int, patch_budget: int
-         ) -> dict[str, np.ndarray]:
+def pack(cfg: Any, samples: list[Sample], plan: PackPlan, text_budget: int, patch_budget: int,
+         pixel_dtype: Any = np.float32) -> dict[str, np.ndarray]:
     """The packed batch of ``plan``: model inputs + ``labels`` + ``padding_fraction`` stats.
 
     Returns input_ids / labels / segment_ids / scatter_index int32[R, S], position_ids
-    int32[3, R, S], and pixel_values float32[P, 1176], vision_pos int32[P, 2],
-    vision_segment_ids int32[P] (always present, all padding if there are no images).
+    int32[3, R, S], and pixel_values [P, 1176] in ``pixel_dtype`` (float32 or bfloat16, rounded
+    to nearest even like the model's own cast), vision_pos int32[P, 2], vision_segment_ids
+    int32[P] (always present, all padding if there are no images).
     """
+    pixel_dtype = pixel_dtype_of(pixel_dtype)
     m = cfg.vision.spatial_merge_size
     R, S, P = len(plan.rows), text_budget, patch_budget
     ids = np.zeros((R, S), np.int32)
@@ -125,7 +166,7 @@ def pack(cfg: Any, samples: list[Sample], plan: PackPlan, text_budget: int, patc
             scatter[r, sl] = row_scatter
             merged_offset += n_img + n_vid
             if s.num_patches:
-                pixels.append(np.asarray(s.pixel_values, np.float32))
+                pixels.append(s.pixel_values)
                 grids.extend([img, vid])
             col += n
     used = int(sum(x.shape[0] for x in pixels))
@@ -134,10 +175,14 @@ def pack(cfg: Any, samples: list[Sample], plan: PackPlan, text_budget: int, patc
     grid_all = np.concatenate(grids) if grids else np.zeros((0, 3), np.int64)
     vseg = vision_segment_ids(grid_all)
     pad = P - used
+    pixel_values = np.zeros((P, cfg.vision.patch_dim), pixel_dtype)
+    offset = 0
+    for x in pixels:  # written in place: the cast to bfloat16 needs no float32 copy of the stream
+        pixel_values[offset:offset + x.shape[0]] = x
+        offset += x.shape[0]
     batch = {
         "input_ids": ids, "labels": labels, "segment_ids": seg, "position_ids": pos,
-        "scatter_index": scatter,
-        "pixel_values": np.concatenate(pixels + [np.zeros((pad, cfg.vision.patch_dim), np.float32)]),
+        "scatter_index": scatter, "pixel_values": pixel_values,
         "vision_pos": np.concatenate([vision_position_ids(grid_all, m), np.zeros((pad, 2), np.int32)]),
         "vision_segment_ids": np.concatenate([vseg, np.full(pad, int(vseg.max(initial=-1)) + 1, np.int32)]),
     }
@@ -151,13 +196,15 @@ def _grid(grid: Any) -> np.ndarray:
     return np.asarray(grid, np.int64).reshape(-1, 3)
 
 
-def packed_batch_shapes(cfg: Any, rows: int, text_budget: int, patch_budget: int) -> dict[str, tuple]:
+def packed_batch_shapes(cfg: Any, rows: int, text_budget: int, patch_budget: int,
+                        pixel_dtype: Any = np.float32) -> dict[str, tuple]:
     """``{key: (shape, dtype)}`` of the model arrays of one ``pack`` result (without the stats):
-    what the compiled train step sees, for ahead-of-time compilation."""
+    what the compiled train step sees, for ahead-of-time compilation (``pixel_dtype``: that of
+    the pipeline's ``pixel_values``, float32 or bfloat16)."""
     R, S, P = rows, text_budget, patch_budget
     return {
         "input_ids": ((R, S), np.int32), "labels": ((R, S), np.int32), "segment_ids": ((R, S), np.int32),
         "position_ids": ((3, R, S), np.int32), "scatter_index": ((R, S), np.int32),
-        "pixel_values": ((P, cfg.vision.patch_dim), np.float32), "vision_pos": ((P, 2), np.int32),
+        "pixel_values": ((P, cfg.vision.patch_dim), pixel_dtype_of(pixel_dtype)), "vision_pos": ((P, 2), np.int32),
         "vision_segment_ids": ((P,), np.int32),
     }

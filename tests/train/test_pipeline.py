@@ -1,4 +1,5 @@
-"""The grain pipeline: fixed shapes, determinism, exact resume from its state, bad records."""
+"""The input pipeline: fixed shapes, determinism, exact resume from its state, bad records, epochs.
+(Group streams across processes and workers: tests/data_pipelines/test_group_streams.py.)"""
 
 import dataclasses
 import io
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from data_pipelines.group_stream import GroupStream
 from data_pipelines.pipeline import DataConfig, EpochOrder, PackedBatches
 from qwen2vl_jax.layout.packing import IGNORE_INDEX
 
@@ -25,7 +27,7 @@ def _equal(a, b):
 
 def test_batches_have_fixed_shapes_and_real_content(demo_setup):
     _, processor, cfg = demo_setup
-    it = PackedBatches(cfg, _data(), processor, rows=2, grad_accum=2, groups=2, seed=0)
+    it = PackedBatches(cfg, _data(), processor, rows=2, grad_accum=2, num_groups=2, seed=0)
     shapes = None
     for _ in range(4):
         item = next(it)
@@ -36,6 +38,8 @@ def test_batches_have_fixed_shapes_and_real_content(demo_setup):
         assert b["input_ids"].shape == (2, 2, 2, 128) and b["pixel_values"].shape == (2, 2, 384, 1176)
         assert (b["labels"] != IGNORE_INDEX).sum() > 0
         assert item["stats"]["samples"] >= 8 and 0 <= item["stats"]["text_padding_fraction"] < 1
+        assert len(item["record_indices"]) == 2 and sum(map(len, item["record_indices"])) == item["stats"]["samples"]
+        assert all(0 <= i < 40 for group in item["record_indices"] for i in group)
     it.close()
 
 
@@ -55,7 +59,9 @@ def test_restored_state_continues_the_exact_stream(demo_setup, num_workers):
     for _ in range(3):
         next(it)
     state = json.loads(json.dumps(it.get_state()))  # the state is plain JSON
-    assert state["carry"] or state["records_read"]
+    group = state["groups"]["0"]
+    assert state["num_groups"] == 1 and state["steps"] == 3 and group["records_read"] > 0
+    assert group["next_position"] == group["records_read"]  # one group reads every position
     want = [next(it) for _ in range(6)]
     it.close()
     again = PackedBatches(cfg, data, processor, rows=2, grad_accum=2, seed=1)
@@ -88,16 +94,18 @@ def test_bad_records_are_skipped_and_counted(demo_setup, tmp_path, caplog):
         json.dumps(llava("missing.png", "<image>\nWhat colour?")),  # missing file
     ]
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    data = _data(source={"type": "jsonl", "path": str(tmp_path / "data.jsonl")}, shuffle=False)
+    # On a worker process: the skips are counted there and logged here, with the step.
+    data = _data(source={"type": "jsonl", "path": str(tmp_path / "data.jsonl")}, shuffle=False, num_workers=1)
     it = PackedBatches(cfg, data, processor, rows=1, seed=0)
     item = next(it)
     it.close()
     assert item["stats"]["samples"] >= 1  # the good record is trained on
+    assert set(item["record_indices"][0]) == {0}
     reasons = " | ".join(it.skipped)
     assert sum(it.skipped.values()) >= 5 and item["stats"]["skipped_records"] >= 5
     for needle in ("cannot identify image", "placeholder", "too long", "invalid JSON", "not found"):
         assert needle in reasons, (needle, reasons)
-    assert "skipping bad record" in caplog.text
+    assert "skipping bad record 1 (stream position 1): " in caplog.text
 
 
 def test_all_text_labels_cover_text_but_not_vision_or_system(demo_setup):
@@ -137,12 +145,13 @@ def _numbered_source(tmp_path, n=N_RECORDS):
     return {"type": "jsonl", "path": str(path)}
 
 
-def _record_order(processor, cfg, source, count, **kw):
-    """The records of the first ``count`` samples the pipeline reads, in reading order."""
-    it = PackedBatches(cfg, _data(source=source), processor, rows=1, **kw)
+def _record_order(processor, cfg, source, count, group=0, num_groups=1, **kw):
+    """The records of the first ``count`` samples group ``group`` reads, in reading order."""
+    it = PackedBatches(cfg, _data(source=source), processor, rows=1, num_groups=num_groups, **kw)
+    stream = GroupStream(it.spec, group)
     order = []
     for _ in range(count):
-        _, sample = it._next_sample()
+        _, _, sample = stream._next_sample()
         order.append(int(re.search(r"record (\d+)", processor.decode(sample.input_ids)).group(1)))
     it.close()
     return order
@@ -175,25 +184,24 @@ def test_epoch_order_is_the_documented_function(demo_setup, tmp_path):
     assert [unshuffled.locate(k)[1] for k in range(2 * N_RECORDS)] == list(range(N_RECORDS)) * 2
 
 
-@pytest.mark.parametrize("process_count", [2, 5])
-def test_processes_split_every_epoch_between_them(demo_setup, tmp_path, process_count):
-    # Each process reads only its share: per epoch, the shares are disjoint and cover all records
-    # (checked on the order itself, and through the pipeline for the first epoch with 2 processes).
+@pytest.mark.parametrize("num_groups", [2, 5])
+def test_groups_split_every_epoch_between_them(demo_setup, tmp_path, num_groups):
+    # Group g reads global positions g, g + G, ...: per epoch, the groups' shares are disjoint and
+    # cover all records (on the order itself, and through the group streams for 2 groups).
     n = N_RECORDS
+    order = EpochOrder(n, seed=5)
     for epoch in range(3):
         seen = []
-        for p in range(process_count):
-            order = EpochOrder(n, seed=5, process_index=p, process_count=process_count)
-            seen += [j for k in range(3 * n) for e, j in [order.locate(k)] if e == epoch]
+        for g in range(num_groups):
+            seen += [j for k in range(3 * n) for e, j in [order.locate(g + k * num_groups)] if e == epoch]
         assert sorted(seen) == list(range(n))
-    if process_count == 2:
+    if num_groups == 2:
         _, processor, cfg = demo_setup
         source = _numbered_source(tmp_path)
-        shares = [_record_order(processor, cfg, source, n // 2, seed=5, process_index=p, process_count=2)
-                  for p in range(2)]
+        shares = [_record_order(processor, cfg, source, n // 2, group=g, num_groups=2, seed=5) for g in range(2)]
         assert sorted(shares[0] + shares[1]) == list(range(n))
-        single = _record_order(processor, cfg, source, n, seed=5)
-        assert sorted(single) == list(range(n))
+        single = _record_order(processor, cfg, source, 2 * n, seed=5)
+        assert shares[0] == single[0::2][: n // 2] and shares[1] == single[1::2][: n // 2]
 
 
 @pytest.mark.parametrize("num_workers", [0, 1])
@@ -204,7 +212,7 @@ def test_resume_in_the_middle_of_epoch_one_continues_exactly(demo_setup, tmp_pat
     while it.records_read <= N_RECORDS + 2:  # a few records into epoch 1
         next(it)
     state = json.loads(json.dumps(it.get_state()))
-    assert N_RECORDS < state["records_read"] < 2 * N_RECORDS - 2
+    assert N_RECORDS < state["groups"]["0"]["records_read"] < 2 * N_RECORDS - 2
     want = [next(it) for _ in range(4)]  # the rest of epoch 1 and into epoch 2
     assert it.records_read > 2 * N_RECORDS
     it.close()
