@@ -8,6 +8,8 @@
     qwen2vl-jax train RECIPE.yaml [key=value ...]                 train / fine-tune (resumes)
     qwen2vl-jax eval RECIPE.yaml [key=value ...] [--model DIR]    loss + exact match of answers
     qwen2vl-jax plot RUN_DIR [--out PNG]                          loss / throughput curves
+    qwen2vl-jax plan RECIPE.yaml --topology v5p:4x4x4 [--mesh ...] memory per TPU chip (AOT compile)
+    qwen2vl-jax plan --model 7b --topology v5e-8 --mode decode ... the same for prefill / decode
     qwen2vl-jax demo [key=value ...] [--workdir DIR]              learn to read on CPU (embedded)
     qwen2vl-jax demo --inference [--workdir DIR]                  the inference path, random weights
 """
@@ -54,7 +56,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.hf:
         if not args.out:
             raise ValueError("convert --hf DIR needs --out DIR (the Orbax checkpoint to write)")
-        out = hf_to_orbax(args.hf, args.out, args.dtype)
+        out = hf_to_orbax(args.hf, args.out, args.dtype, mesh=args.mesh)
     else:
         if not args.to_hf:
             raise ValueError("convert --orbax DIR needs --to-hf DIR (the HF directory to write)")
@@ -160,9 +162,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run(args.overrides, args.workdir)
 
 
+def _distributed(args: argparse.Namespace) -> None:
+    from qwen2vl_jax.train.distributed import initialize
+
+    initialize(args.coordinator, args.num_processes, args.process_id)
+
+
+def _add_distributed_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("multi-process (all three together; automatic on Cloud TPU slices and SLURM)")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", type=int, metavar="N")
+    g.add_argument("--process-id", type=int, metavar="I")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from qwen2vl_jax.train.loop import train
     from qwen2vl_jax.train.run_config import load_run_config
+
+    _distributed(args)
 
     result = train(load_run_config(args.recipe, args.overrides))
     if result.preempted:
@@ -174,6 +191,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from qwen2vl_jax.train.evaluate import evaluate_run
     from qwen2vl_jax.train.run_config import load_run_config
+
+    _distributed(args)
 
     run = load_run_config(args.recipe, args.overrides)
     res = evaluate_run(run, model_dir=args.model, step=args.step, show=args.show, num_examples=args.num_examples)
@@ -196,6 +215,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from qwen2vl_jax.plan.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qwen2vl-jax", description="Qwen2-VL in JAX/Flax.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to-hf", metavar="DIR", help="HF directory to write (with --orbax)")
     conv.add_argument("--dtype", choices=["float32", "bfloat16"],
                       help="dtype of the written weights (default: as stored)")
+    conv.add_argument("--mesh", help="with --hf: place each tensor onto its shards of this mesh "
+                      "(e.g. fsdp=8; default on accelerators: every device on fsdp)")
     conv.set_defaults(func=_cmd_convert)
 
     gen = sub.add_parser("generate", help="answer a prompt about images / videos, streaming to stdout")
@@ -245,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train or fine-tune from a YAML recipe; rerun the same command to resume")
     train.add_argument("recipe", help="a recipe, e.g. experiments/configs/stage3_sft_2b.yaml")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. steps=100")
+    _add_distributed_flags(train)
     train.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="loss and exact-match accuracy of generated answers on eval.source")
@@ -256,12 +284,33 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--show", type=int, default=5, help="print this many answers")
     ev.add_argument("--num-examples", type=int, help="default: eval.num_examples")
     ev.add_argument("--json", action="store_true", help="also print the figures as one JSON line")
+    _add_distributed_flags(ev)
     ev.set_defaults(func=_cmd_eval)
 
     plot = sub.add_parser("plot", help="write the loss / throughput curves of a run as PNG")
     plot.add_argument("run", help="a run directory (or its metrics.jsonl)")
     plot.add_argument("--out", help="the PNG to write (default: RUN/metrics.png)")
     plot.set_defaults(func=_cmd_plot)
+
+    plan = sub.add_parser("plan", help="compile a recipe's train step (or --model prefill / decode) ahead of time "
+                          "for a TPU slice, with libtpu and no TPU: memory per chip against its HBM, FLOPs")
+    plan.add_argument("recipe", nargs="?", help="a training recipe (omit with --model)")
+    plan.add_argument("overrides", nargs=argparse.REMAINDER, metavar="key=value",
+                      help="recipe overrides, e.g. per_device_batch_size=2 (before or after the options)")
+    plan.add_argument("--topology", help="the TPU slice to compile for (or --gpu): v5e:4x4, v5p:4x4x4, v4:2x2x1, "
+                      "v6e:8x8 or v5e-16, v5p-128 ...")
+    plan.add_argument("--num-slices", type=int, help="identical TPU slices joined over DCN (default 1)")
+    plan.add_argument("--gpu", help="instead of --topology: estimate the memory per GPU (h100, h200, ...) by arithmetic")
+    plan.add_argument("--gpus", type=int, help="with --gpu: GPUs in the node (default 8)")
+    plan.add_argument("--mesh", help="data=..,fsdp=..,tensor=.. (default: the recipe's mesh, else all on fsdp)")
+    plan.add_argument("--model", choices=["2b", "7b", "72b", "tiny"], help="plan inference of this preset")
+    plan.add_argument("--mode", choices=["prefill", "decode"], help="with --model (default prefill)")
+    plan.add_argument("--batch", type=int, help="with --model: rows (default 1)")
+    plan.add_argument("--seq", type=int, help="with --model: prompt tokens (prefill) or cache length (decode); default 8192")
+    plan.add_argument("--patches", type=int, help="with --model: vision patches of the prompt (default 0)")
+    plan.add_argument("--max-new-tokens", type=int, help="with --model: new tokens the cache holds (default 128)")
+    plan.add_argument("--dtype", choices=["float32", "bfloat16"], help="with --model: weights and compute (default bfloat16)")
+    plan.set_defaults(func=_cmd_plan)
 
     demo = sub.add_parser("demo", help="train a small model to read, on CPU, and evaluate it (no downloads)")
     demo.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of experiments/configs/demo.yaml")
@@ -273,13 +322,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(argv: list[str] | None) -> argparse.Namespace | int:
+    """The parsed arguments, or the exit status after a usage error printed as one line (argparse
+    prints the usage block first; only its last line, ``prog: error: ...``, says what is wrong)."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            return build_parser().parse_args(argv)
+    except SystemExit as e:
+        lines = buffer.getvalue().strip().splitlines()
+        if e.code not in (0, None) and lines:
+            print(f"{lines[-1]} (see --help)", file=sys.stderr)
+        elif lines:
+            print("\n".join(lines), file=sys.stderr)
+        return 2 if e.code is None else int(e.code) if isinstance(e.code, int) else 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(argv)
+    if isinstance(args, int):
+        return args
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"qwen2vl-jax {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, ImportError) as e:  # the user's input: status 2, no traceback
+        # An ImportError is the user's only when it says what to install (optional extras).
+        if isinstance(e, ImportError) and not isinstance(e, ValueError) and "pip install" not in str(e):
+            raise
+        from qwen2vl_jax.train.distributed import process_label
+
+        print(f"qwen2vl-jax {args.command}: {process_label()}error: {e}", file=sys.stderr)
         return 2
+    except (FloatingPointError, RuntimeError) as e:
+        from qwen2vl_jax.train.checkpointing import CheckpointWriteError
+        from qwen2vl_jax.train.distributed import process_label
+
+        if not isinstance(e, (FloatingPointError, CheckpointWriteError)):
+            raise
+        # A run that had to stop (a full disk, diverging loss): the message says what is intact.
+        print(f"qwen2vl-jax {args.command}: {process_label()}stopped: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

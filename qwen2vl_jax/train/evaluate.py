@@ -66,9 +66,9 @@ def load_trained(run: Any, step: int | None = None) -> tuple[Any, Any, dict]:
     params_like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract)
     trainable_like = split_trainable(params_like, run.freeze)[0]
     opt_like = jax.eval_shape(make_optimizer(optimizer_config(run), trainable_like).init, trainable_like)
-    with TrainCheckpointer(run.run_dir / "checkpoints", async_save=False) as ckpt:
+    with TrainCheckpointer(run.checkpoints, async_save=False) as ckpt:
         if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"{run.run_dir / 'checkpoints'}: no checkpoint to evaluate")
+            raise FileNotFoundError(f"{run.checkpoints}: no checkpoint to evaluate")
         _, params, _, _, _ = ckpt.restore(params_like, opt_like, step)
     return processor, cfg, params
 

@@ -19,6 +19,7 @@ the mesh changes no batch (see data_pipelines/pipeline.py and train/state.py).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import zlib
@@ -28,17 +29,16 @@ from typing import Any
 import jax
 import numpy as np
 
-from qwen2vl_jax.config import RuntimeConfig
-from qwen2vl_jax.sharding.mesh import describe, make_mesh
 from qwen2vl_jax.perf.devices import detect_peak_tflops
 from qwen2vl_jax.perf.flops import train_flops_from_batch
+from qwen2vl_jax.sharding.mesh import describe, make_mesh
 from qwen2vl_jax.train.checkpointing import PreemptionGuard, TrainCheckpointer
-from qwen2vl_jax.train.distributed import all_agree
+from qwen2vl_jax.train.distributed import all_agree, gather_json
+from qwen2vl_jax.train.metrics import MetricsLogger, Throughput
 from qwen2vl_jax.train.nonfinite import NonFiniteWatch
 from qwen2vl_jax.train.resume_check import check_resume
-from qwen2vl_jax.train.run_lock import RunLock
-from qwen2vl_jax.train.metrics import MetricsLogger, Throughput
 from qwen2vl_jax.train.run_config import RunConfig, dump_yaml
+from qwen2vl_jax.train.run_lock import RunLock
 from qwen2vl_jax.train.setup import build_model_config, build_processor
 from qwen2vl_jax.train.state import initial_params, make_train_setup
 
@@ -70,6 +70,22 @@ def _quiet(_: str) -> None:
     pass
 
 
+def restore_data_state(data: Any, state: dict, accept_changes: bool, say: Callable[[str], None]) -> None:
+    """Continue the checkpoint's exact data stream, or say clearly why it cannot carry over. A
+    different number of devices (= packing groups) is a change the user may make (the mesh and
+    the process count are free): the stream starts afresh, with a message. Anything else (other
+    budgets, an older format) is refused unless the recipe accepts changes."""
+    from data_pipelines.pipeline import DeviceCountChanged, StateMismatch
+
+    try:
+        data.set_state(state)
+    except StateMismatch as e:
+        if not accept_changes and not isinstance(e, DeviceCountChanged):
+            raise ValueError(f"the data iterator state of the checkpoint cannot carry over: {e} "
+                             "(set accept_changed_recipe=true to start the data stream afresh)") from None
+        say(f"the data iterator state cannot carry over ({e}): starting the data stream afresh")
+
+
 def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
     """Train ``run`` (resuming from its latest valid checkpoint); see the module docstring."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +97,7 @@ def train(run: RunConfig, *, say: Callable[[str], None] = print) -> TrainResult:
 
 
 def _train(run: RunConfig, say: Callable[[str], None], lock: RunLock | None = None) -> TrainResult:
-    from data_pipelines.pipeline import PackedBatches
+    from data_pipelines.pipeline import PackedBatches, merge_states, process_groups
 
     run_dir = run.run_dir
     main_process = jax.process_index() == 0
@@ -96,14 +112,15 @@ def _train(run: RunConfig, say: Callable[[str], None], lock: RunLock | None = No
     step_fn = setup.step_fn
 
     data = PackedBatches(cfg, run.data, processor, rows=run.per_device_batch_size, grad_accum=run.grad_accum,
-                         groups=setup.groups // jax.process_count(), seed=run.seed, process_index=jax.process_index(),
-                         process_count=jax.process_count(), base_dir=os.getcwd())
-    ckpt = TrainCheckpointer(run_dir / "checkpoints", keep_last=run.keep_checkpoints, say=say)
+                         num_groups=setup.groups,
+                         groups=process_groups(setup.groups, jax.process_index(), jax.process_count()),
+                         seed=run.seed, pixel_dtype=run.runtime.dtype, base_dir=os.getcwd())
+    ckpt = TrainCheckpointer(run.checkpoints, keep_last=run.keep_checkpoints, say=say)
     start = 0
     if ckpt.all_steps():
         start, params, opt_state, data_state, saved = ckpt.restore(params, opt_state)
         check_resume(saved, run.to_dict(), run.accept_changed_recipe, say=say)
-        data.set_state(data_state)
+        restore_data_state(data, data_state, run.accept_changed_recipe, say)
         say(f"resuming {run_dir} from the checkpoint of step {start}")
     if main_process:
         (run_dir / "config.yaml").write_text(dump_yaml(run))
@@ -166,8 +183,10 @@ def _train(run: RunConfig, say: Callable[[str], None], lock: RunLock | None = No
                     preempted = True
                 if step % run.checkpoint_every == 0 or step == run.steps or preempted:
                     nonfinite.settle()
-                    ckpt.save(step, params, opt_state, data_iter_state=data.get_state(), config=run.to_dict(),
-                              force=True)
+                    # Every process's share of the data state (its groups), merged: restorable on
+                    # any process count with the same number of groups.
+                    data_state = merge_states(gather_json(data.get_state()))
+                    ckpt.save(step, params, opt_state, data_iter_state=data_state, config=run.to_dict(), force=True)
                 if preempted:
                     break
         nonfinite.settle()
@@ -179,22 +198,25 @@ def _train(run: RunConfig, say: Callable[[str], None], lock: RunLock | None = No
     if skipped:
         say(f"skipped {sum(skipped.values())} bad record(s): {skipped}")
     model_dir = None
-    if step == run.steps and main_process:
+    if step == run.steps:  # every process takes part (one tensor gathered at a time); process 0 writes
         model_dir = str(export_model(run, cfg, params, processor))
         say(f"exported the trained model to {model_dir}")
     return TrainResult(str(run_dir), start, step, preempted, last, model_dir)
 
 
 def export_model(run: RunConfig, cfg: Any, params: Any, processor: Any):
-    """Save ``params`` in the HF layout with the processor, for ``generate`` / ``eval --model``."""
-    from qwen2vl_jax.hf import Qwen2VLForConditionalGeneration
+    """Save ``params`` in the HF layout with the processor, for ``generate`` / ``eval --model``,
+    tensor by tensor from their shards (the model is never gathered on one host)."""
+    from qwen2vl_jax.checkpoint.safetensors_io import save_hf_weights
 
-    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x)), params)
-    pd = run.runtime.param_dtype
-    model = Qwen2VLForConditionalGeneration(cfg, host, runtime=RuntimeConfig(dtype=pd, param_dtype=pd),
-                                            generation_config=processor.tokenizer.greedy_generation_config())
-    out = model.save_pretrained(run.run_dir / "model")
-    processor.save_pretrained(out)
+    out = run.run_dir / "model"
+    writer = jax.process_index() == 0
+    save_hf_weights(out, cfg, params, dtype=run.runtime.param_dtype, write=writer)
+    if writer:
+        (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(run.runtime.param_dtype), indent=2))
+        (out / "generation_config.json").write_text(
+            json.dumps(processor.tokenizer.greedy_generation_config(), indent=2))
+        processor.save_pretrained(out)
     return out
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 # Dotted prefixes that may change between a checkpoint and its resume.
 FREE = ("steps", "runtime.mesh", "log_every", "checkpoint_every", "keep_checkpoints", "tensorboard",
-        "wandb", "eval", "peak_tflops", "data.num_workers", "output_dir", "accept_changed_recipe",
+        "wandb", "eval", "peak_tflops", "data.num_workers", "output_dir", "checkpoint_dir", "accept_changed_recipe",
         "max_nonfinite_steps", "runtime.vision_attention_impl", "runtime.text_attention_impl",
         "runtime.vision_remat", "runtime.text_remat", "runtime.buckets")
 

@@ -31,6 +31,11 @@ from qwen2vl_jax.train.freezing import FreezeConfig
 from qwen2vl_jax.train.optimizer import OptimizerConfig
 
 
+# A packed row shorter than this holds no chat sample: the system, user and assistant turn
+# markers of the built-in template are more tokens than that before any text.
+MIN_TEXT_BUDGET = 16
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
     """Where the model comes from: a checkpoint (HF or our Orbax format, ``checkpoint``) to
@@ -58,6 +63,9 @@ class EvalSection:
 class RunConfig:
     run_name: str = "run"
     output_dir: str = "runs"  # the run directory is output_dir/run_name
+    # Where the Orbax checkpoints go; None: <run directory>/checkpoints. May be a bucket
+    # (gs://...): Orbax writes it directly, every host its own shards.
+    checkpoint_dir: str | None = None
     steps: int = 1000
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -86,6 +94,13 @@ class RunConfig:
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.run_name
 
+    @property
+    def checkpoints(self) -> str | Path:
+        """The checkpoint directory (a string when it is a bucket URL: pathlib drops the //)."""
+        if self.checkpoint_dir is None:
+            return self.run_dir / "checkpoints"
+        return self.checkpoint_dir if "://" in self.checkpoint_dir else Path(self.checkpoint_dir)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -99,6 +114,32 @@ class RunConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tensorboard not in ("auto", "true", "false"):
             raise ValueError(f"tensorboard must be auto, true or false, got {self.tensorboard!r}")
+        self._validate_budgets()
+        from data_pipelines.sources import check_spec
+
+        for key, spec in (("data.source", self.data.source), ("eval.source", self.eval.source)):
+            if spec is not None:
+                try:
+                    check_spec(spec)
+                except ValueError as e:
+                    raise ValueError(f"{key}: {e}") from e
+
+    def _validate_budgets(self) -> None:
+        """Budgets that no sample could ever fit (the pipeline would skip every record)."""
+        vision = self.model.overrides.get("vision") or {}
+        merge = vision.get("spatial_merge_size", 2) if isinstance(vision, dict) else 2
+        unit = merge**2 if isinstance(merge, int) and not isinstance(merge, bool) and merge > 0 else 4
+        if self.data.patches_per_row < unit or self.data.patches_per_row % unit:
+            raise ValueError(f"data.patches_per_row must be a positive multiple of {unit} (one vision token "
+                             f"is {merge}x{merge} merged patches), got {self.data.patches_per_row}")
+        if self.data.text_budget < MIN_TEXT_BUDGET:
+            raise ValueError(f"data.text_budget must be >= {MIN_TEXT_BUDGET} tokens (the turn markers of the "
+                             f"smallest chat sample alone take more), got {self.data.text_budget}")
+        if self.data.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.data.num_workers}")
+        for name in ("num_examples", "max_new_tokens", "batch_size"):
+            if getattr(self.eval, name) < 1:
+                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self.eval, name)}")
 
 
 # ---------------------------------------------------------------------------- loading
@@ -120,13 +161,28 @@ def load_yaml_recipe(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ValueError(f"base_config cycle: {' -> '.join(map(str, (*_seen, path)))}")
     if not path.exists():
         raise FileNotFoundError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        with open(path, "rb") as f:  # a stream: YAML's errors then name the file and the line
+            raw = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError, RecursionError) as e:
+        raise ValueError(f"{path}: not a readable YAML file ({_first_line(e)})") from e
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a recipe must be a mapping, got {type(raw).__name__}")
     base = raw.pop("base_config", None)
     if base is None:
         return raw
+    if not isinstance(base, str):
+        raise ValueError(f"{path}: base_config must be a file name, got {base!r}")
     return _merge(load_yaml_recipe(path.parent / base, (*_seen, path)), raw)
+
+
+def _first_line(e: BaseException) -> str:
+    """A one-line reason (YAML's own messages span several lines with a caret drawing)."""
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem and mark is not None:
+        return f"{e.problem} at line {mark.line + 1}, column {mark.column + 1}"
+    text = " ".join(str(e).split())
+    return text[:300] or type(e).__name__
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
@@ -135,7 +191,10 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         key, text = item.split("=", 1)
-        value = yaml.safe_load(text) if text else None
+        try:
+            value = yaml.safe_load(text) if text else None
+        except (yaml.YAMLError, RecursionError) as e:
+            raise ValueError(f"override {item!r}: the value is not YAML ({_first_line(e)})") from e
         node, parts = tree, key.strip().split(".")
         for part in parts[:-1]:
             child = node.get(part)
@@ -188,7 +247,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     if origin is tuple:
-        return tuple(value)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        item = typing.get_args(annotation)[0]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     return value
 
 
@@ -198,18 +260,24 @@ def from_dict(cls: type, tree: Any, prefix: str = "") -> Any:
         raise ValueError(f"{prefix or 'config'}: expected a mapping, got {tree!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(tree) - fields)
+    unknown = sorted(map(str, set(tree) - fields))  # YAML keys may be numbers or null
     if unknown:
         where = f"{prefix}." if prefix else ""
         raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; valid keys"
                          f"{' under ' + prefix if prefix else ''}: {', '.join(sorted(fields))}")
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in tree.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:  # a section's own checks (e.g. RuntimeConfig's)
+        raise ValueError(f"{prefix}: {e}" if prefix and not str(e).startswith(prefix) else str(e)) from e
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
     """The recipe at ``path`` (or the defaults) with ``key=value`` overrides applied."""
     tree = apply_overrides(load_yaml_recipe(path) if path is not None else {}, list(overrides))
+    for section in ("runtime", "model"):
+        if not isinstance(tree.get(section) or {}, dict):
+            raise ValueError(f"{section}: expected a mapping, got {tree[section]!r}")
     if "mesh" in tree:  # the top-level ``mesh:`` key (and ``mesh=...``) is runtime.mesh
         tree["runtime"] = {**(tree.get("runtime") or {}), "mesh": tree.pop("mesh")}
     moved = sorted(set(tree.get("model") or {}) & {f.name for f in dataclasses.fields(RuntimeConfig)})

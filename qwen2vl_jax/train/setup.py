@@ -15,27 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from qwen2vl_jax.config import ModelConfig, get_preset
+from qwen2vl_jax.config.overrides import apply_overrides as replace_nested
 
 BUILTIN_TOKENIZER = "builtin:synthetic_visual_qa"
-
-
-def replace_nested(obj: Any, changes: dict, prefix: str = "model.overrides") -> Any:
-    """``obj`` (a config dataclass) with the nested ``changes`` applied (``model.overrides``);
-    ``ValueError`` naming an unknown key."""
-    valid = {f.name for f in dataclasses.fields(obj)}
-    updates = {}
-    for key, value in changes.items():
-        if key not in valid:
-            raise ValueError(f"unknown config key {prefix}.{key}; valid: {', '.join(sorted(valid))}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"{prefix}.{key}: expected a mapping of fields")
-            value = replace_nested(current, value, f"{prefix}.{key}")
-        elif isinstance(current, tuple) and isinstance(value, list):
-            value = tuple(value)
-        updates[key] = value
-    return dataclasses.replace(obj, **updates)
+__all__ = ["build_model_config", "build_processor", "processor_dir", "replace_nested"]
 
 
 def processor_dir(run: Any) -> Path:
@@ -44,10 +27,18 @@ def processor_dir(run: Any) -> Path:
 
 
 def build_processor(run: Any) -> Any:
-    """The run's ``Qwen2VLProcessor``, also written to ``run_dir/processor``."""
+    """The run's ``Qwen2VLProcessor``, also written to ``run_dir/processor`` (by process 0; the
+    others of a multi-process run wait for it and read it, so no two write the same files)."""
+    import jax
+
     from qwen2vl_jax.processing import Qwen2VLProcessor
 
     out = processor_dir(run)
+    if jax.process_index() != 0:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("qwen2vl_processor_written")
+        return Qwen2VLProcessor.from_pretrained(out)
     source = run.tokenizer or run.model.checkpoint
     if source == BUILTIN_TOKENIZER:
         from data_pipelines.synthetic import QUESTIONS, answer_vocabulary
@@ -64,6 +55,10 @@ def build_processor(run: Any) -> Any:
                  if v is not None}
     processor = Qwen2VLProcessor.from_pretrained(source, **overrides)
     processor.save_pretrained(out)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("qwen2vl_processor_written")
     return processor
 
 

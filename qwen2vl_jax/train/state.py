@@ -90,7 +90,7 @@ def abstract_batch(cfg: ModelConfig, run: Any, groups: int, sharding: NamedShard
     from qwen2vl_jax.layout.packing import packed_batch_shapes
 
     shapes = packed_batch_shapes(cfg, run.per_device_batch_size, run.data.text_budget,
-                                 run.per_device_batch_size * run.data.patches_per_row)
+                                 run.per_device_batch_size * run.data.patches_per_row, run.runtime.dtype)
     lead = (run.grad_accum, groups)
     return {k: jax.ShapeDtypeStruct(lead + shape, np.dtype(dt), sharding=sharding) for k, (shape, dt) in shapes.items()}
 

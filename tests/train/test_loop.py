@@ -124,5 +124,8 @@ def test_data_parallel_on_two_devices_then_resume_on_one(tmp_path):
     second = subprocess.run(_cmd(tmp_path, "steps=3"), env=_env(), capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "from the checkpoint of step 2" in second.stdout and "1 cpu device(s)" in second.stdout
+    # Another device count packs another data stream: said, and started afresh (not refused).
+    assert "num_groups=2 packing groups per step, this run has 1" in second.stdout
+    assert "starting the data stream afresh" in second.stdout
     losses = [x["loss"] for x in _lines(tmp_path / "demo")]
     assert len(losses) == 3 and all(0 < x < 20 for x in losses)
