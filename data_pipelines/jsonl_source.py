@@ -105,7 +105,8 @@ def _index_lines(path: str, chunk_size: int = _CHUNK) -> tuple[np.ndarray, np.nd
 
 
 def _has_inline_media(record: dict[str, Any]) -> bool:
-    for msg in record.get("messages") or []:
+    messages = record.get("messages")
+    for msg in messages if isinstance(messages, list) else []:
         content = msg.get("content") if isinstance(msg, dict) else None
         if isinstance(content, list):
             for item in content:
@@ -132,15 +133,15 @@ def _as_list(value: Any) -> list[Any]:
 def from_canonical(record: dict[str, Any]) -> dict[str, Any]:
     messages = record.get("messages")
     if not isinstance(messages, list):
-        raise TypeError("record has no 'messages' list")
+        raise ValueError(f"record has no 'messages' list (got {type(messages).__name__})")  # noqa: TRY004
     return {"messages": messages, "images": _as_list(record.get("images")),
             "videos": _as_list(record.get("videos"))}
 
 
 def convert(record: Any, format: str = "auto") -> dict[str, Any]:
-    """One decoded JSON value -> canonical record; ValueError / TypeError with a reason otherwise."""
+    """One decoded JSON value -> canonical record; ValueError with a reason otherwise."""
     if not isinstance(record, dict):
-        raise TypeError(f"expected a JSON object, got {type(record).__name__}")
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")  # noqa: TRY004
     fmt = detect_format(record) if format == "auto" else format
     if fmt == "llava":
         return formats.from_llava(record)
@@ -216,7 +217,9 @@ class JsonlSource:
         try:
             return resolve_record(convert(obj, self.format), self.image_root)
         except Exception as err:  # noqa: BLE001 - any importer failure is this record's problem
-            return error_record(f"{where}: cannot import ({self.format}): {type(err).__name__}: {err}")
+            # A ValueError is the importer's own reason; anything else is named by its type.
+            reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+            return error_record(f"{where}: cannot import ({self.format}): {reason}")
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         return [self[i] for i in indices]

@@ -112,9 +112,9 @@ def _parameters(type_name: str, factory: SourceFactory) -> dict[str, inspect.Par
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in ("self", "base_dir")}
 
 
-def open_source(spec: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> Any:
-    """A random-access source from a spec dict; ValueError names an unknown type or key, or a
-    missing required key."""
+def check_spec(spec: Any) -> tuple[SourceFactory, dict[str, Any]]:
+    """(factory, keyword arguments) of a spec, without opening anything; ValueError names an
+    unknown type or key, or a missing required key (a mixture's children are checked too)."""
     if not isinstance(spec, Mapping):
         raise ValueError(f"a source spec must be a mapping, got {type(spec).__name__}")  # noqa: TRY004
     if "type" not in spec:
@@ -134,6 +134,25 @@ def open_source(spec: Mapping[str, Any], base_dir: str | os.PathLike | None = No
             raise ValueError(f"{type_name} source: missing required key {name!r}")
         if isinstance(p.default, tuple) and isinstance(kwargs.get(name), list):
             kwargs[name] = tuple(kwargs[name])
+    for name in ("path", "data_dir", "image_root"):
+        if name in kwargs and kwargs[name] is not None and not isinstance(kwargs[name], (str, os.PathLike)):
+            raise ValueError(f"{type_name} source: {name} must be a path, got {kwargs[name]!r}")
+    if factory is open_mixture:
+        children = kwargs.get("sources")
+        if not isinstance(children, (list, tuple)) or not children:
+            raise ValueError("mixture: 'sources' must be a non-empty list of source specs")
+        for i, child in enumerate(children):
+            try:
+                check_spec(child)
+            except ValueError as err:
+                raise ValueError(f"mixture sources[{i}]: {err}") from err
+    return factory, kwargs
+
+
+def open_source(spec: Mapping[str, Any], base_dir: str | os.PathLike | None = None) -> Any:
+    """A random-access source from a spec dict; ValueError names an unknown type or key, or a
+    missing required key (``check_spec``)."""
+    factory, kwargs = check_spec(spec)
     if "base_dir" in inspect.signature(factory).parameters:
         kwargs["base_dir"] = None if base_dir is None else os.fspath(base_dir)
     return factory(**kwargs)

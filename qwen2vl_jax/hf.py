@@ -31,6 +31,7 @@ from flax import nnx
 from qwen2vl_jax.checkpoint.native import is_native_checkpoint, load_native, save_native
 from qwen2vl_jax.checkpoint.safetensors_io import load_hf_weights, save_hf_weights
 from qwen2vl_jax.config import ModelConfig, RuntimeConfig, canonical_dtype
+from qwen2vl_jax.config.overrides import apply_overrides
 from qwen2vl_jax.generation import runner
 from qwen2vl_jax.layout import (
     MODEL_INPUT_KEYS,
@@ -103,14 +104,17 @@ class Qwen2VLForConditionalGeneration:
     def from_pretrained(cls, path: str | os.PathLike, dtype: Any = "float32",
                         progress: Callable[[str], None] | None = None, *, mesh: Any = None,
                         runtime: RuntimeConfig | None = None, after_write: Callable[[], None] | None = None,
-                        **runtime_fields: Any) -> Qwen2VLForConditionalGeneration:
+                        overrides: dict | None = None, **runtime_fields: Any) -> Qwen2VLForConditionalGeneration:
         """Load a HF safetensors directory or a native Orbax checkpoint into ``dtype`` params,
         each tensor straight onto its shards of ``mesh`` (see ``__init__``): the host holds one
         tensor (one layer of a stacked parameter) at a time, every device only its shards.
 
         ``dtype`` sets both the weights' and the compute dtype; other ``RuntimeConfig`` fields
         (``text_attention_impl=...``, ``buckets=...``) may be given as keywords, or a whole
-        ``runtime``. ``after_write`` is called after each tensor is placed (tests measure memory)."""
+        ``runtime``. ``overrides`` changes architecture fields in the nested form of a recipe's
+        ``model.overrides`` (``{"text": {"position_encoding": "rope_1d"}}``): switches that add
+        no parameter apply to a released checkpoint as it is. ``after_write`` is called after
+        each tensor is placed (tests measure memory)."""
         d = Path(path)
         if not (d / "config.json").exists():
             raise ValueError(f"{d}: no config.json (expected a HF checkpoint directory or a "
@@ -119,6 +123,8 @@ class Qwen2VLForConditionalGeneration:
         runtime = (runtime or RuntimeConfig()).replace(dtype=dt, param_dtype=dt, **runtime_fields)
         mesh = resolve_mesh(mesh, runtime)
         cfg = ModelConfig.from_json_file(d / "config.json")
+        if overrides:
+            cfg = apply_overrides(cfg, overrides, "overrides")
         state = nnx.state(abstract_model(cfg, runtime), nnx.Param)
         shardings = param_shardings(state, mesh)
         abstract = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
@@ -209,6 +215,16 @@ class Qwen2VLForConditionalGeneration:
 
     def _prepare(self, input_ids, attention_mask, pixel_values, image_grid_thw, pixel_values_videos,
                  video_grid_thw) -> dict[str, np.ndarray]:
+        given = np.asarray(input_ids)
+        if given.dtype.kind not in "iu" or given.ndim not in (1, 2) or given.size == 0:
+            raise ValueError(f"input_ids must be a non-empty [batch, seq] array of integer token ids, got "
+                             f"{given.dtype} {tuple(given.shape)}")
+        if attention_mask is not None:
+            mask = np.asarray(attention_mask)
+            if mask.shape != given.shape:
+                raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {given.shape}")
+            if not np.isin(mask, (0, 1)).all() or not mask.reshape(-1, given.shape[-1]).any(axis=-1).all():
+                raise ValueError("attention_mask must hold 0 / 1 with at least one 1 (a real token) per row")
         batch = prepare_model_inputs(self.config, input_ids, attention_mask, pixel_values,
                                      image_grid_thw, pixel_values_videos, video_grid_thw)
         ids = batch["input_ids"]

@@ -9,6 +9,7 @@ Every missing, unexpected or wrongly-shaped tensor is collected and reported in 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +30,9 @@ def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
     d = Path(directory)
     index = d / SAFE_INDEX
     if index.exists():
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map", {})
+        weight_map = _read_index(index)
         files = sorted({d / fn for fn in weight_map.values()})
-        absent = [str(p) for p in files if not p.exists()]
+        absent = [str(p) for p in files if not p.is_file()]
         if absent:
             raise ValueError(f"{index} names shard files that do not exist: {absent}")
         return files
@@ -40,14 +40,89 @@ def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
         return [d / SAFE_SINGLE]
     files = sorted(d.glob("*.safetensors"))
     if not files:
-        raise ValueError(f"{d}: no model.safetensors, {SAFE_INDEX} or *.safetensors found")
+        hint = ""
+        if (d / "params").is_dir():  # what a native save that never wrote its marker leaves
+            hint = " (params/ without qwen2vl_jax.json: an Orbax checkpoint whose save did not finish?)"
+        raise ValueError(f"{d}: no model.safetensors, {SAFE_INDEX} or *.safetensors found{hint}")
     return files
 
 
+def _read_index(index: Path) -> dict[str, str]:
+    """``weight_map`` of a shard index: tensor name -> a file name in the same directory."""
+    try:
+        data = json.loads(index.read_bytes())
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{index}: not valid JSON ({e})") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise ValueError(f"{index}: expected an object whose 'weight_map' maps tensor names to file names")
+    for fn in set(weight_map.values()):
+        if not fn or Path(fn).name != fn or fn in (".", ".."):  # never read outside the directory
+            raise ValueError(f"{index}: shard {fn!r} is not a file name in the checkpoint directory")
+    return weight_map
+
+
+# safetensors dtype -> numpy dtype (ml_dtypes for bfloat16 / float8).
+_NP_FROM_ST = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+               "F8_E4M3": ml_dtypes.float8_e4m3fn, "F8_E5M2": ml_dtypes.float8_e5m2,
+               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8,
+               "U64": np.uint64, "U32": np.uint32, "U16": np.uint16, "U8": np.uint8, "BOOL": np.bool_}
 _FROM_ST = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64"}
-_NP_FROM_ST = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F64": np.float64,
-               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-               "BOOL": np.bool_}
+# The safetensors library refuses headers above 100 MB; so do we (before reading them).
+MAX_HEADER_BYTES = 100_000_000
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        raise ValueError(f"duplicate key {next(k for k, _ in pairs if k in seen or seen.add(k))!r}")
+    return out
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_entry(name: str, info: Any, data_size: int) -> tuple[int, int]:
+    """(begin, end) of one header entry after checking it describes bytes inside the file."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
+        raise ValueError(f"tensor {name!r}: expected an object with dtype, shape and data_offsets, "
+                         f"got {_short(info)}")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _NP_FROM_ST:
+        raise ValueError(f"tensor {name!r}: unknown dtype {_short(dtype)} (known: {', '.join(_NP_FROM_ST)})")
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise ValueError(f"tensor {name!r}: shape must be a list of non-negative integers, "
+                         f"got {_short(shape)}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1]):
+        raise ValueError(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end, "
+                         f"got {_short(offsets)}")
+    begin, end = offsets
+    nbytes = math.prod(shape) * np.dtype(_NP_FROM_ST[dtype]).itemsize  # Python ints: no overflow
+    if end - begin != nbytes:
+        raise ValueError(f"tensor {name!r}: shape {_short(shape)} x {dtype} is {nbytes} bytes but "
+                         f"data_offsets [{begin}, {end}] hold {end - begin}")
+    if end > data_size:
+        raise ValueError(f"tensor {name!r}: data_offsets [{begin}, {end}] run past the end of the data "
+                         f"({data_size} bytes: the file is truncated or its header is wrong)")
+    return begin, end
+
+
+def _check_overlaps(spans: list[tuple[int, int, str]]) -> None:
+    """No byte belongs to two tensors (empty tensors hold no bytes)."""
+    last_end, last = 0, None
+    for begin, end, name in sorted(s for s in spans if s[1] > s[0]):
+        if begin < last_end:
+            raise ValueError(f"tensors {last!r} and {name!r} overlap (bytes {begin}..{min(end, last_end)})")
+        if end > last_end:
+            last_end, last = end, name
 
 
 class SafetensorsReader:
@@ -56,21 +131,41 @@ class SafetensorsReader:
     safetensors' own reader memory-maps the file, and every mapped page it touches counts in the
     process RSS until the file is closed (2 GB shards measured +1.9 GB on a 2B convert). Here
     only the tensor being read is in memory. Format: u64 header length, JSON header, raw bytes.
+
+    The file is untrusted input: the header length is checked against the file size before the
+    header is read, and every entry (dtype, shape, offsets inside the data and not overlapping
+    another) when the file is opened, so a hostile header can neither make us allocate more than
+    the file holds nor read outside it. Every failure is a ``ValueError`` naming the file.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         with open(self.path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError(f"{self.path}: not a safetensors file (truncated header)")
-            n = int.from_bytes(raw, "little")
+            size = os.fstat(f.fileno()).st_size
+            if size < 8:
+                raise ValueError(f"{self.path}: not a safetensors file ({size} bytes; it must start with "
+                                 "an 8-byte header length)")
+            n = int.from_bytes(f.read(8), "little")
+            if n > size - 8:
+                raise ValueError(f"{self.path}: not a safetensors file (header length {n} runs past the end "
+                                 f"of the {size}-byte file)")
+            if n > MAX_HEADER_BYTES:
+                raise ValueError(f"{self.path}: header length {n} is over the {MAX_HEADER_BYTES} bytes "
+                                 "safetensors allows")
             try:
-                header = json.loads(f.read(n))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{self.path}: not a safetensors file ({e})") from e
+                header = json.loads(f.read(n).decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+            except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, duplicates
+                raise ValueError(f"{self.path}: not a safetensors file (header is not JSON: {e})") from e
+        if not isinstance(header, dict):
+            raise ValueError(  # noqa: TRY004 - bad input is a ValueError by contract
+                f"{self.path}: not a safetensors file (header is {type(header).__name__}, not a JSON object)")
         self.data_start = 8 + n
+        self.data_size = size - self.data_start
         header.pop("__metadata__", None)
+        try:
+            _check_overlaps([(*_check_entry(k, v, self.data_size), k) for k, v in header.items()])
+        except ValueError as e:
+            raise ValueError(f"{self.path}: {e}") from e
         self.header: dict[str, dict] = header
 
     def keys(self) -> list[str]:
@@ -81,15 +176,12 @@ class SafetensorsReader:
 
     def get_tensor(self, name: str) -> np.ndarray:
         info = self.header[name]
-        if info["dtype"] not in _NP_FROM_ST:
-            raise ValueError(f"{self.path}: tensor {name} has unsupported dtype {info['dtype']}")
         dt = np.dtype(_NP_FROM_ST[info["dtype"]])
         start, end = info["data_offsets"]
-        count = (end - start) // dt.itemsize
-        arr = np.fromfile(self.path, dtype=dt.newbyteorder("<"), count=count,
-                          offset=self.data_start + start)
+        count = (end - start) // dt.itemsize  # checked at open: inside the file
+        arr = np.fromfile(self.path, dtype=dt.newbyteorder("<"), count=count, offset=self.data_start + start)
         if arr.size != count:
-            raise ValueError(f"{self.path}: tensor {name} is truncated")
+            raise ValueError(f"{self.path}: tensor {name} is truncated (the file shrank since it was opened)")
         return arr.reshape(info["shape"])
 
 
@@ -110,14 +202,9 @@ def _abstract_shapes(abstract: dict, path: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(node.shape)
 
 
-def load_hf_weights(
-    directory: str | os.PathLike,
-    cfg: ModelConfig,
-    abstract_params: dict,
-    dtype: str | np.dtype,
-    sink: Any = None,
-    progress: Callable[[str], None] | None = None,
-) -> dict:
+def load_hf_weights(directory: str | os.PathLike, cfg: ModelConfig, abstract_params: dict,
+                    dtype: str | np.dtype, sink: Any = None,
+                    progress: Callable[[str], None] | None = None) -> dict:
     """Read a HF checkpoint into a nested dict shaped like ``abstract_params`` (leaves with
     ``.shape``), one tensor at a time.
 
@@ -204,12 +291,25 @@ def iter_hf_tensors(cfg: ModelConfig, params: dict, dtype: str | np.dtype | None
         node = params
         for key in rule.path:
             node = node[key]
-        arr = np.asarray(node)  # zero-copy for host (CPU) jax arrays
         if rule.stacked:
-            for i in range(arr.shape[0]):
-                yield rule.hf_name.format(i=i), convert(rule, arr[i])
+            for i in range(node.shape[0]):
+                yield rule.hf_name.format(i=i), convert(rule, _on_host(node, i))
         else:
-            yield rule.hf_name, convert(rule, arr)
+            yield rule.hf_name, convert(rule, _on_host(node, None))
+
+
+def _on_host(node: Any, layer: int | None) -> np.ndarray:
+    """One layer's slice (or the whole unstacked tensor) as numpy, gathering only that slice:
+    a sharded (even multi-host) parameter is never whole on one host. Every process must call
+    this in the same order when the array spans several processes (a collective)."""
+    if isinstance(node, np.ndarray):
+        return node if layer is None else node[layer]
+    x = node if layer is None else node[layer]
+    if hasattr(x, "is_fully_addressable") and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)  # zero-copy for a host (CPU) array on one device
 
 
 _ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64",
@@ -259,10 +359,13 @@ def _write_safetensors(path: Path, entries: list[tuple[str, tuple, np.dtype]],
 
 def save_hf_weights(directory: str | os.PathLike, cfg: ModelConfig, params: dict,
                     dtype: str | np.dtype | None = None, max_shard_bytes: int = 5 * 2**30,
-                    progress: Callable[[str], None] | None = None) -> list[Path]:
-    """Write ``model.safetensors`` (or shards + index) in the on-disk HF layout, streaming."""
+                    progress: Callable[[str], None] | None = None, write: bool = True) -> list[Path]:
+    """Write ``model.safetensors`` (or shards + index) in the on-disk HF layout, streaming one
+    tensor (one layer of a stacked parameter) at a time. In a multi-process run every process
+    calls this (the slices are gathered collectively) and only the one with ``write`` writes."""
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    if write:
+        d.mkdir(parents=True, exist_ok=True)
     layout = _hf_layout(cfg, params, None if dtype is None else np.dtype(dtype))
     shards: list[list[tuple[str, tuple, np.dtype]]] = [[]]
     size = 0
@@ -276,6 +379,10 @@ def save_hf_weights(directory: str | os.PathLike, cfg: ModelConfig, params: dict
     n = len(shards)
     names = [SAFE_SINGLE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
     tensors = iter_hf_tensors(cfg, params, dtype)
+    if not write:
+        for _ in tensors:  # take part in the gathers
+            pass
+        return [d / name for name in names]
     for shard, name in zip(shards, names):
         if progress:
             progress(f"writing {name}")

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import types
+import typing
+from pathlib import Path
 from typing import Any
 
 from qwen2vl_jax.config.architecture import ModelConfig, TextConfig, VisionConfig
@@ -73,9 +77,11 @@ def _json_fields(cls: type) -> list[dataclasses.Field]:
 
 
 def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
+    if not isinstance(d, dict):
+        raise ValueError(f"config: expected a JSON object, got {type(d).__name__}")  # noqa: TRY004
     d = dict(d)
-    vision_d = dict(d.pop("vision_config", None) or {})
-    text_d = dict(d.pop("text_config", None) or {})
+    vision_d = _section(d.pop("vision_config", None), "vision_config")
+    text_d = _section(d.pop("text_config", None), "text_config")
     # Flat hub form: text fields live at top level. Nested form: top level holds token ids and
     # bookkeeping. Merge top-level text fields into text_d (nested values win).
     top = {key: d.pop(key) for key in list(d) if key in TOKEN_ID_FIELDS}
@@ -91,15 +97,51 @@ def config_from_hf_dict(d: dict[str, Any]) -> ModelConfig:
             top[key] = text_d[key]
     if isinstance(top.get("eos_token_id"), list):
         top["eos_token_id"] = tuple(top["eos_token_id"])  # hashable: the config is static metadata
+    _check_token_ids(top, text.vocab_size)
     return ModelConfig(vision=vision, text=text, **top)
 
 
+def _section(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"config: {name} must be an object, got {type(value).__name__}")  # noqa: TRY004
+    return dict(value)
+
+
+# Token ids the model looks up or emits: each must index the embedding (vision_token_id is never
+# used by the model, and checkpoints saved by transformers with a small vocabulary keep its default).
+CHECKED_TOKEN_IDS = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                     "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _check_token_ids(top: dict[str, Any], vocab_size: int) -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for key in TOKEN_ID_FIELDS:
+        value = top.get(key, defaults[key])
+        ids = value if isinstance(value, tuple) else (value,)
+        if value is None and key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            continue
+        for i in ids:
+            if not isinstance(i, int) or isinstance(i, bool):
+                kind = "an integer or a list of integers" if key == "eos_token_id" else "an integer"
+                raise ValueError(f"config: {key} must be {kind}, got {value!r}")  # noqa: TRY004
+            if key in CHECKED_TOKEN_IDS and not 0 <= i < vocab_size:
+                raise ValueError(f"config: {key} {i} is outside the vocabulary [0, {vocab_size}) "
+                                 "(vocab_size too small, or the token ids of another tokenizer)")
+
+
 def config_from_json_file(path: str | os.PathLike) -> ModelConfig:
-    with open(path) as f:
-        try:
-            d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{path}: not found (a checkpoint directory needs config.json)") from e
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        d = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
     try:
@@ -111,6 +153,33 @@ def config_from_json_file(path: str | os.PathLike) -> ModelConfig:
 def _check_positive_int(name: str, value: Any) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ValueError(f"config: {name} must be a positive integer, got {value!r}")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        return isinstance(value, tuple) and all(_type_ok(v, args[0]) for v in value)
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation) if isinstance(annotation, type) else True  # other forms: unchecked
+
+
+def _check_types(cls: type, kwargs: dict[str, Any], where: str) -> None:
+    """Each value has its field's type (JSON has no tuples: lists are converted first)."""
+    hints = typing.get_type_hints(cls)
+    for name, value in kwargs.items():
+        if not _type_ok(value, hints[name]):
+            kind = str(hints[name]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise ValueError(f"config: {where}{name} must be of type {kind}, got {value!r}")
 
 
 def _read_fields(cls: type, d: dict[str, Any], aliases: dict[str, str], ignored: frozenset,
@@ -128,6 +197,7 @@ def _read_fields(cls: type, d: dict[str, Any], aliases: dict[str, str], ignored:
     for f in dataclasses.fields(cls):  # coerce JSON lists into the tuples of the schema
         if f.name in kwargs and isinstance(kwargs[f.name], list):
             kwargs[f.name] = tuple(kwargs[f.name])
+    _check_types(cls, kwargs, "vision_config." if cls is VisionConfig else "")
     return kwargs
 
 
@@ -186,6 +256,9 @@ def _text_from_hf(d: dict[str, Any]) -> TextConfig:
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                  "num_attention_heads", "num_key_value_heads"):
         _check_positive_int(name, getattr(cfg, name))
+    for name in ("rope_theta", "rms_norm_eps"):
+        if not _type_ok(getattr(cfg, name), float) or getattr(cfg, name) <= 0:
+            raise ValueError(f"config: {name} must be a positive number, got {getattr(cfg, name)!r}")
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ValueError(f"config: hidden_size {cfg.hidden_size} is not divisible by "
                          f"num_attention_heads {cfg.num_attention_heads}")
@@ -207,6 +280,11 @@ def _vision_from_hf(d: dict[str, Any]) -> VisionConfig:
         raise ValueError(f"config: missing required vision_config field(s) {missing}")
     _check_positive_int("vision_config.hidden_size", kwargs["out_hidden_size"])
     cfg = VisionConfig(**kwargs)
+    for name in ("depth", "embed_dim", "num_heads", "in_channels", "patch_size", "temporal_patch_size",
+                 "spatial_merge_size"):
+        _check_positive_int(f"vision_config.{name}", getattr(cfg, name))
+    if cfg.mlp_ratio <= 0 or cfg.mlp_dim < 1:
+        raise ValueError(f"config: vision_config.mlp_ratio must be positive, got {cfg.mlp_ratio!r}")
     if cfg.embed_dim % cfg.num_heads:
         raise ValueError(f"config: vision embed_dim {cfg.embed_dim} is not divisible by num_heads "
                          f"{cfg.num_heads}")

@@ -109,6 +109,9 @@ def render_chat_segments(
 def _builtin_segments(
     messages: Sequence[Mapping[str, Any]], add_generation_prompt: bool, add_vision_id: bool
 ) -> list[ChatSegment]:
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise ValueError(  # noqa: TRY004 - bad input is a ValueError by contract
+            f"messages must be a list of message dicts, got {type(messages).__name__}")
     segments: list[ChatSegment] = []
     counters = {"image": 0, "video": 0}
     for index, message in enumerate(messages):
@@ -153,7 +156,7 @@ def apply_chat_template(
 
 
 def _check_messages(messages: Any) -> None:
-    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
         raise ValueError(  # noqa: TRY004 - bad input is a ValueError by contract
             f"messages must be a list of message dicts, got {type(messages).__name__}")
     for index, message in enumerate(messages):

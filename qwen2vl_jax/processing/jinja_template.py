@@ -139,4 +139,8 @@ def render_chat_template(
             text = "".join(blocks)
     except jinja2.exceptions.TemplateError as err:
         raise ValueError(f"chat template: {err}") from err
+    except (TypeError, AttributeError, KeyError, IndexError, ArithmeticError, RecursionError) as err:
+        # The template's own expressions on the caller's data (e.g. `'image' in item` for an
+        # item that is not a dict): the conversation does not fit the template.
+        raise ValueError(f"chat template cannot render these messages ({type(err).__name__}: {err})") from err
     return text, spans

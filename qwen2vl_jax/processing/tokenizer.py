@@ -48,6 +48,13 @@ class Qwen2VLTokenizer:
         self.eos_token = _token_content(self.config.get("eos_token")) or DEFAULT_EOS_TOKEN
         self.padding_side = self.config.get("padding_side", "left")
         self.chat_template = self.config.get("chat_template")
+        for key, value in (("pad_token", self.pad_token), ("eos_token", self.eos_token)):
+            if not isinstance(value, str):
+                raise ValueError(  # noqa: TRY004 - bad input is a ValueError by contract
+                    f"tokenizer_config.json: {key} must be a string, got {value!r}")
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"tokenizer_config.json: padding_side must be 'left' or 'right', "
+                             f"got {self.padding_side!r}")
         self.pad_token_id = self.require_id(self.pad_token)
         self.eos_token_id = self.require_id(self.eos_token)
         self.image_token_id = self.require_id(IMAGE_TOKEN)
@@ -69,9 +76,17 @@ class Qwen2VLTokenizer:
         config: dict[str, Any] = {}
         config_path = os.path.join(directory, "tokenizer_config.json")
         if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
-        return cls(tokenizer, config)
+            try:
+                with open(config_path, "rb") as f:
+                    config = json.loads(f.read())
+            except (ValueError, RecursionError) as err:  # JSONDecodeError / UnicodeDecodeError
+                raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+            if not isinstance(config, dict):
+                raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+        try:
+            return cls(tokenizer, config)
+        except ValueError as err:
+            raise ValueError(f"{directory}: {err}") from err
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write `tokenizer.json` and `tokenizer_config.json` to `directory`."""

@@ -15,11 +15,16 @@ import numpy as np
 INSTALL_HINT = "reading video files needs PyAV: pip install 'qwen2vl_jax[video]' (or: pip install av)"
 
 
+class MissingDependencyError(ImportError, ValueError):
+    """An optional dependency is not installed. A user error (the command line exits with status
+    2 and the message, which names the extra to install), and still an ``ImportError``."""
+
+
 def _import_av():
     try:
         import av
     except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+        raise MissingDependencyError(INSTALL_HINT, name="av") from err
     return av
 
 
