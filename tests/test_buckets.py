@@ -32,9 +32,16 @@ def test_choose_bucket():
         choose_bucket(600, (256, 512), "number of vision patches")
 
 
-def test_default_buckets_are_powers_of_two():
+def test_default_buckets_are_the_fine_ladder_and_powers_of_two_on_request():
     b = BucketConfig()
-    assert b.patch_buckets[:3] == (256, 512, 1024) and b.text_buckets[:3] == (128, 256, 512)
+    assert b.patch_buckets[:3] == (64, 128, 192) and b.text_buckets[:3] == (64, 128, 192)
+    # Steps of 64 up to 1024, then four sizes per doubling: at most 20 % padding above 1024.
+    assert b.patch_buckets[15:20] == (1024, 1280, 1536, 1792, 2048) and b.patch_buckets[-1] == 65536
+    big = [x for x in b.patch_buckets if x > 1024]
+    assert all(0 < (hi - lo) / hi <= 0.2 for lo, hi in zip(b.patch_buckets[15:], big))
+    assert {256, 1024, 4096, 16384} <= set(b.patch_buckets)  # square images fit exactly
+    p2 = BucketConfig.powers_of_two()
+    assert p2.patch_buckets[:3] == (256, 512, 1024) and p2.text_buckets[:3] == (128, 256, 512)
 
 
 @pytest.mark.parametrize("sizes", [dict(), dict(text_len=256, batch_size=4, num_patches=1024)])
@@ -53,7 +60,7 @@ def test_bucketed_logits_equal_unbucketed(model, sizes):
     exact = model._forward_fn(False)(model.params, {k: v for k, v in batch.items() if k != "rope_deltas"})["logits"]
     bucketed = bucket_model_inputs(CFG, BucketConfig(), batch, **sizes)
     S = bucketed["input_ids"].shape[1]
-    assert S >= 128 and bucketed["pixel_values"].shape[0] >= 256
+    assert S >= s and S % 64 == 0 and bucketed["pixel_values"].shape[0] % 64 == 0  # really padded
     padded = model._forward_fn(False)(model.params, {k: v for k, v in bucketed.items() if k != "rope_deltas"})["logits"]
     real = mask.astype(bool)
     diff = np.abs(np.asarray(padded)[:2, S - s:] - np.asarray(exact))[real]

@@ -13,7 +13,8 @@ import numpy as np
 PAD, BOS, EOS, VISION_START, IMAGE, VIDEO, VISION_END = 0, 1, 2, 3, 4, 5, 6
 FIRST_TEXT_ID = 7
 
-# HF-style configs of the CPU comparison. "mid" is the benchmark model; "tiny" is for tests.
+# HF-style configs of the CPU comparison. "mid" is the benchmark model, "mid6" the sweep's;
+# "tiny" is for tests.
 CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
     "mid": {
         "text": {"vocab_size": 32000, "hidden_size": 512, "intermediate_size": 2048,
@@ -21,6 +22,14 @@ CONFIGS: dict[str, dict[str, dict[str, Any]]] = {
                  "max_position_embeddings": 4096, "rope_theta": 1_000_000.0,
                  "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]}},
         "vision": {"depth": 4, "embed_dim": 256, "num_heads": 4, "mlp_ratio": 4},
+    },
+    # The sweep's model (bench --sweep): a mid-size text tower and a 6-layer ViT.
+    "mid6": {
+        "text": {"vocab_size": 32000, "hidden_size": 512, "intermediate_size": 2048,
+                 "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 2,
+                 "max_position_embeddings": 32768, "rope_theta": 1_000_000.0,
+                 "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]}},
+        "vision": {"depth": 6, "embed_dim": 384, "num_heads": 6, "mlp_ratio": 4},
     },
     "tiny": {
         "text": {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,

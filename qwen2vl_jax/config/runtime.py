@@ -42,6 +42,29 @@ def _powers_of_two(start: int, stop: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def bucket_ladder(step: int = 64, linear_stop: int = 1024, per_octave: int = 4,
+                  stop: int = 65536) -> tuple[int, ...]:
+    """step, 2 step, ... linear_stop, then ``per_octave`` evenly spaced sizes per doubling
+    (1280, 1536, 1792, 2048, 2560, ... for 4), ending at ``stop``: at most ``step`` padded
+    positions up to linear_stop, then at most a fraction 1 / (per_octave + 1) of the bucket
+    (20% for 4). Powers of two stay buckets (square images of 32 x 32 or 64 x 64 patches fit
+    exactly). Default: 16 + 24 = 40 sizes from 64 to 65536."""
+    out = list(range(step, linear_stop + 1, step))
+    octave = linear_stop
+    while out[-1] < stop:
+        out += [min(stop, octave + octave * i // per_octave) for i in range(1, per_octave + 1)]
+        octave *= 2
+    return tuple(sorted(set(out)))
+
+
+# The default ladders: fine (little padding, more programs) against powers of two (the fewest
+# programs: up to 2x the work). ``qwen2vl-jax bench --sweep`` reports both for its grid.
+FINE_PATCHES = bucket_ladder(64, 1024, 4, 65536)
+FINE_TEXT = bucket_ladder(64, 1024, 4, 32768)
+POW2_PATCHES = _powers_of_two(256, 65536)
+POW2_TEXT = _powers_of_two(128, 32768)
+
+
 @dataclasses.dataclass(frozen=True)
 class BucketConfig:
     """Fixed compiled shapes: every distinct input shape is a new XLA program.
@@ -50,10 +73,13 @@ class BucketConfig:
     batch form one patch stream padded to a ``patch_buckets`` entry, text is left-padded to a
     ``text_buckets`` entry and the batch to a ``batch_buckets`` entry. Sizes are sorted; the
     patch buckets must be multiples of spatial_merge_size**2 so merge windows stay whole.
+
+    Default: the fine ladder (``bucket_ladder``: steps of 64 to 1024, then four sizes per
+    doubling); ``BucketConfig.powers_of_two()`` compiles fewer programs and pads up to 2x.
     """
 
-    patch_buckets: tuple[int, ...] = _powers_of_two(256, 65536)
-    text_buckets: tuple[int, ...] = _powers_of_two(128, 32768)
+    patch_buckets: tuple[int, ...] = FINE_PATCHES
+    text_buckets: tuple[int, ...] = FINE_TEXT
     batch_buckets: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
     # Decode-cache lengths (prompt bucket + new tokens) are rounded up to a multiple of this.
     cache_multiple: int = 128
@@ -66,6 +92,11 @@ class BucketConfig:
             object.__setattr__(self, name, sizes)
         if int(self.cache_multiple) < 1:
             raise ValueError(f"BucketConfig.cache_multiple must be >= 1, got {self.cache_multiple}")
+
+    @classmethod
+    def powers_of_two(cls, **changes: Any) -> BucketConfig:
+        """Patches 256 ... 65536 and text 128 ... 32768 in powers of two."""
+        return cls(**{"patch_buckets": POW2_PATCHES, "text_buckets": POW2_TEXT, **changes})
 
 
 @dataclasses.dataclass(frozen=True)

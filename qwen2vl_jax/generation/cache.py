@@ -10,6 +10,13 @@ written, 1 for generated tokens, 0 for left padding and empty slots): a query at
 to the slots with its segment. ``fresh`` (static) marks a cache with nothing written yet: the
 prompt chunk then attends to itself (causally) instead of to the whole cache, which is the
 same function at a fraction of the cost.
+
+A chunk that is not fresh (a decode step) attends through ``attend``: only the cache's live
+window, the key blocks from the first slot any row can see to the last written one, read with
+one slice of the stacked arrays (no copy of a layer's whole cache) whose width is the narrowest
+of a static ladder (``ops.blocked_attention.width_ladder``), chosen on device by ``lax.switch``.
+The cache arrays are loop carries updated in place (``dynamic_update_slice`` on a donated
+buffer); a new kind of per-layer state (e.g. a recurrent layer's) is one more field here.
 """
 
 from __future__ import annotations
@@ -72,6 +79,39 @@ class KVCache:
         """One layer's keys and values over all slots: [B, T, KV, hd] each."""
         return (jax.lax.dynamic_index_in_dim(self.keys, layer, keepdims=False),
                 jax.lax.dynamic_index_in_dim(self.values, layer, keepdims=False))
+
+    def attend(self, layer: jax.Array, q: jax.Array, q_segment_ids: jax.Array,
+               scale: float | None = None) -> jax.Array:
+        """q [B, s, H, hd] (already written at ``index``) over the live slots of ``layer``,
+        non-causal by segment (unwritten slots have segment 0): [B, s, H, hd]."""
+        from qwen2vl_jax.kernels.block_table import live_blocks
+        from qwen2vl_jax.ops.attention import attention
+        from qwen2vl_jax.ops.blocked_attention import window_block, window_of
+
+        b, s = q_segment_ids.shape
+        kb = window_block(self.length)
+        if kb is None or kb == self.length or s > 128:
+            keys, values = self.read(layer)
+            return attention(q, keys, values, q_segment_ids=q_segment_ids, kv_segment_ids=self.segment_ids,
+                             causal=False, impl="xla", scale=scale)
+        # One window for all rows: the union of the key blocks each row's queries can meet.
+        live = live_blocks(q_segment_ids, self.segment_ids, s, kb, causal=False).any(axis=(0, 1))
+        n = live.shape[0]
+        first = jnp.argmax(live)
+        count = jnp.where(live.any(), n - jnp.argmax(live[::-1]) - first, 1)
+        idx, start, widths = window_of(first, count, n)
+
+        def branch(w):
+            def run(start):
+                at, size = (layer, 0, start * kb, 0, 0), (1, b, w * kb) + self.keys.shape[3:]
+                keys = jax.lax.dynamic_slice(self.keys, at, size)[0]
+                values = jax.lax.dynamic_slice(self.values, at, size)[0]
+                seg = jax.lax.dynamic_slice(self.segment_ids, (0, start * kb), (b, w * kb))
+                return attention(q, keys, values, q_segment_ids=q_segment_ids, kv_segment_ids=seg,
+                                 causal=False, impl="xla", scale=scale)
+            return run
+
+        return jax.lax.switch(idx, [branch(w) for w in widths], start)
 
     def advance(self, steps: int) -> KVCache:
         """After a chunk of ``steps`` tokens went through every layer."""

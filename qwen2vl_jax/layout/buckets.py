@@ -3,6 +3,10 @@
 Every distinct input shape is a new XLA program, so no shape may depend on an image's
 resolution: text is left-padded to a text bucket, the batch to a batch bucket, and the packed
 patch stream to a patch bucket (``RuntimeConfig.buckets``).
+
+Padding patches never share a segment with real ones, and each aligned run of
+``PAD_SEGMENT_PATCHES`` of them is a segment of its own: block-skipping attention then visits
+one block per padding block instead of the padding's whole square.
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+# Padding patches form one segment per aligned run of this many stream positions (a divisor of
+# the attention blocks: ops/blocked_attention.py's 128 and 64 chunks, the kernels' blocks).
+PAD_SEGMENT_PATCHES = 64
 
 
 def choose_bucket(size: int, buckets: tuple[int, ...], what: str) -> int:
@@ -60,8 +68,15 @@ def bucket_model_inputs(cfg: Any, buckets: Any, batch: dict[str, np.ndarray], *,
         seg = batch["vision_segment_ids"]
         out["pixel_values"] = np.pad(batch["pixel_values"], [(0, pad), (0, 0)])
         out["vision_pos"] = np.pad(batch["vision_pos"], [(0, pad), (0, 0)])
-        # Padding patches: one segment of their own, never attended by (or attending) real ones.
-        out["vision_segment_ids"] = np.pad(seg, (0, pad), constant_values=int(seg.max(initial=-1)) + 1)
+        # Padding patches: segments of their own, never attended by (or attending) real ones.
+        pad_ids = padding_segment_ids(n, P, int(seg.max(initial=-1)) + 1)
+        out["vision_segment_ids"] = np.concatenate([seg, pad_ids]).astype(np.int32)
         out["scatter_index"] = pad_text(batch["scatter_index"], -1)
     return out
 
+
+def padding_segment_ids(start: int, stop: int, first_id: int) -> np.ndarray:
+    """int32 ids of stream positions ``start .. stop - 1``: ``first_id`` for the partial run up to
+    the next multiple of PAD_SEGMENT_PATCHES, then one more per aligned run (non-decreasing)."""
+    pos = np.arange(start, stop)
+    return (first_id + pos // PAD_SEGMENT_PATCHES - start // PAD_SEGMENT_PATCHES).astype(np.int32)

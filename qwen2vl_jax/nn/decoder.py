@@ -94,6 +94,8 @@ class DecoderLayer(nnx.Module):
             if cache is None or cache.fresh:  # the chunk attends to itself (causal, same segment)
                 o = attention(q, k, v, q_segment_ids=segment_ids, kv_segment_ids=segment_ids,
                               causal=True, impl=self.attention_impl)
+            elif self.attention_impl in ("auto", "xla", "xla_blocked"):  # the live window only
+                o = cache.attend(layer, q, segment_ids)
             else:  # new tokens attend to every valid slot (unwritten slots have segment 0)
                 keys, values = cache.read(layer)
                 o = attention(q, keys, values, q_segment_ids=segment_ids, kv_segment_ids=cache.segment_ids,

@@ -15,7 +15,8 @@ Implementations (``IMPLEMENTATIONS``):
     block ranges), in an XLA loop with an online softmax; sparse for sorted ids (the packed ViT
     stream), exact for any. Forward and backward (FlashAttention-2 style) are sparse; see
     ``ops/blocked_attention.py``. Runs when Sq and Skv are multiples of 128, Skv > 128 and, if
-    causal, Sq == Skv; every other shape falls back to xla.
+    causal, Sq == Skv; every other shape falls back to xla. On CPU its undifferentiated forward
+    is the windowed schedule (``resolve_impl``).
   * ``block_sparse`` (ours, ``kernels/``): Pallas flash attention that visits only the key blocks
     whose segment range meets the query block, forward and backward; Mosaic on TPU, Triton on
     GPU. Cost ~ sum of squared segment lengths instead of (stream length)^2.
@@ -36,7 +37,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from qwen2vl_jax.ops.blocked_attention import blocked_attention, covers
+from qwen2vl_jax.ops.blocked_attention import blocked_attention, covers, windowed_covers, windowed_rule
 
 IMPLEMENTATIONS = ("auto", "xla", "xla_blocked", "block_sparse", "splash", "pallas_gpu", "cudnn")
 PALLAS_MIN_LEN = 128  # shorter sequences (decode steps, tiny tests) are cheaper in plain XLA
@@ -72,8 +73,14 @@ def attention(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     platform = current_platform()
     s_q, s_kv = q.shape[1], k.shape[1]
-    if impl == "auto":
+    auto = impl == "auto"
+    if auto:
         impl = resolve_impl(platform, s_q, s_kv, causal)
+    explicit_blocked = impl == "xla_blocked" and not auto and covers(s_q, s_kv, causal)
+    if platform == "cpu" and (auto or explicit_blocked) and windowed_covers(s_q, s_kv, causal):
+        # The windowed forward; differentiated, the implementation resolved above (unchanged).
+        rule = _blocked_rule if impl == "xla_blocked" else _dense_rule
+        return windowed_rule(q, k, v, q_segment_ids, kv_segment_ids, scale, causal, rule)
     blocks = {k_: v_ for k_, v_ in (("block_q", block_q), ("block_kv", block_kv)) if v_ is not None}
     if impl == "xla_blocked" and covers(s_q, s_kv, causal):
         return blocked_attention(q, k, v, q_segment_ids, kv_segment_ids, scale, causal)
@@ -130,10 +137,26 @@ def resolve_impl(platform: str, s_q: int, s_kv: int, causal: bool) -> str:
     paths (xla_blocked for non-causal streams) -- the Triton variant has only been lowered and
     run in interpret mode so far, never on a GPU, so it is opt-in (``impl="block_sparse"``)
     until it is measured there. CPU interpret mode is for tests, not speed.
+
+    On CPU, both XLA paths (``auto`` and ``xla_blocked``) run their forward, when nothing is
+    differentiated, as ``blocked_attention.windowed_attention`` (per query chunk one dense softmax
+    over the narrowest key window that covers its block range: the padding and the other
+    segments' blocks are skipped, a causal row pays about half the square) whenever it covers
+    the shape; ``jax.grad`` still sees the implementation named here, forward and backward.
     """
     if platform == "tpu":
         return "block_sparse" if min(s_q, s_kv) >= PALLAS_MIN_LEN else "xla"
     return "xla" if causal else "xla_blocked"
+
+
+def _dense_rule(q, k, v, q_seg, kv_seg, scale, causal):
+    return _xla_attention(q, k, v, q_seg, kv_seg, causal, scale)
+
+
+def _blocked_rule(q, k, v, q_seg, kv_seg, scale, causal):
+    if covers(q.shape[1], k.shape[1], causal):
+        return blocked_attention(q, k, v, q_seg, kv_seg, scale, causal)
+    return _xla_attention(q, k, v, q_seg, kv_seg, causal, scale)
 
 
 def segment_mask(q_segment_ids: jax.Array, kv_segment_ids: jax.Array, causal: bool) -> jax.Array:

@@ -36,6 +36,19 @@ bf16 as the operands of the backward's matmuls (as in FlashAttention-2), accumul
 Shapes covered (``covers``): Sq and Skv multiples of BLOCK and Skv > BLOCK (one key block has
 nothing to skip); causal additionally needs Sq == Skv (query i is at key position i). The
 dispatcher in ``ops.attention`` sends every other shape to the dense ``xla`` path.
+
+Windowed forward (``windowed_attention``, the CPU forward when nothing is differentiated): the
+lockstep loop above makes every query block pay for the longest range, and its per-trip gathers
+and full-width elementwise passes cost more than the tiles on a CPU. Instead, each query chunk
+(128 or 64 rows, all heads of a kv group folded into the rows) runs ONE dense masked softmax over
+a contiguous window of key blocks that covers its range: the window's width is the smallest
+entry >= the range of a static ladder (1, 2, 3, 4, 6, 9, ... blocks: at most 1.5x the range),
+picked on device by ``lax.switch``, and its start is the range's first block. Chunks run one
+after the other (``lax.map``), so each one's working set stays in cache. A chunk of padding in a
+segment of its own pays one block; a causal row pays ~half the dense square. ``windowed_rule``
+wraps it in a ``custom_vjp`` whose forward and backward under differentiation are another
+implementation's (this file's lockstep pair, or dense ``xla``): gradients and training numerics
+stay those of that implementation.
 """
 
 from __future__ import annotations
@@ -231,3 +244,110 @@ def _blocked_dkv(q, k, v, do, q_seg, kv_seg, lse, delta, scale, causal):
     zeros = jnp.zeros(kb.shape, _F32)
     dk, dv = jax.lax.fori_loop(0, table.max_count, body, (zeros, zeros))
     return (dk * scale).astype(k.dtype).reshape(k.shape), dv.astype(v.dtype).reshape(v.shape)
+
+
+# ---------------------------------------------------------------------------- windowed forward
+
+WINDOW_MIN_KV = 256  # shorter key sequences: one dense tile is cheaper than the chunk loop
+
+
+def window_block(n: int) -> int | None:
+    """The chunk a length is cut into: BLOCK, else BLOCK // 2, else the whole length if <= BLOCK."""
+    for blk in (BLOCK, BLOCK // 2):
+        if n % blk == 0:
+            return blk
+    return n if n <= BLOCK else None
+
+
+def windowed_covers(s_q: int, s_kv: int, causal: bool) -> bool:
+    """Whether ``windowed_attention`` runs these lengths (causal: the queries are the last s_q keys)."""
+    kb = window_block(s_kv)
+    return (window_block(s_q) is not None and kb is not None and kb < s_kv and s_kv >= WINDOW_MIN_KV
+            and (not causal or s_q <= s_kv))
+
+
+def width_ladder(n_blocks: int) -> tuple[int, ...]:
+    """Window widths in key blocks: 1, 2, 3, 4, then x1.5 (rounded up), capped by ``n_blocks``."""
+    out, w = [], 1
+    while w < n_blocks:
+        out.append(w)
+        w = w + 1 if w < 4 else -(-3 * w // 2)
+    return (*out, n_blocks)
+
+
+def window_of(start: jax.Array, count: jax.Array, n_blocks: int) -> tuple[jax.Array, jax.Array, tuple[int, ...]]:
+    """(ladder index, clamped start block, ladder) of the narrowest window covering blocks
+    ``start .. start + count - 1`` (count 0: one block)."""
+    widths = width_ladder(n_blocks)
+    ladder = jnp.asarray(widths, jnp.int32)
+    idx = jnp.searchsorted(ladder, jnp.maximum(count, 1), side="left").astype(jnp.int32)
+    return idx, jnp.minimum(start, n_blocks - ladder[idx]), widths
+
+
+def masked_softmax_pv(scores, valid, v):
+    """softmax(scores) @ v over the valid entries, fp32 (rows with no valid key give 0).
+
+    scores: [..., q, k] fp32; valid: bool broadcastable to it; v: [..., k, d]."""
+    scores = jnp.where(valid, scores, -jnp.inf)
+    m = scores.max(-1, keepdims=True)
+    p = jnp.exp(scores - jnp.where(jnp.isfinite(m), m, 0.0))
+    l = p.sum(-1, keepdims=True)
+    out = jnp.einsum("...qk,...kd->...qd", p, v.astype(_F32), preferred_element_type=_F32)
+    return out / jnp.where(l > 0, l, 1.0)
+
+
+def windowed_attention(q, k, v, q_seg, kv_seg, scale: float, causal: bool):
+    """q: [B, Sq, Hq, D]; k, v: [B, Skv, Hkv, D]; ids int32[B, Sq] / [B, Skv] (see the module
+    docstring). Returns q's shape and dtype; the same function as ``xla`` up to rounding."""
+    q, k, v, q_seg, kv_seg = (jnp.asarray(x) for x in (q, k, v, q_seg, kv_seg))
+    b, s, hq, d = q.shape
+    skv, hkv = k.shape[1], k.shape[2]
+    g = hq // hkv
+    cq, kb = window_block(s), window_block(skv)
+    nq, nk, offset = s // cq, skv // kb, skv - s
+    table = kv_ranges(q_seg, kv_seg, cq, kb, causal=causal, causal_offset=offset)
+    width_idx, start, widths = window_of(table.start, table.count, nk)
+    # Head-major copies, once: a chunk's rows are (group member, query), keys are [Hkv, Skv, D].
+    qh = q.reshape(b, nq, cq, hkv, g, d).transpose(0, 1, 3, 4, 2, 5).reshape(b, nq, hkv, g * cq, d)
+    kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    qs = q_seg.reshape(b, nq, cq)
+
+    def branch(w):
+        def run(row, i, first):
+            window = (1, hkv, w * kb, d)
+            kw = jax.lax.dynamic_slice(kh, (row, 0, first * kb, 0), window)[0]
+            vw = jax.lax.dynamic_slice(vh, (row, 0, first * kb, 0), window)[0]
+            ks = jax.lax.dynamic_slice(kv_seg, (row, first * kb), (1, w * kb))[0]
+            scores = jnp.einsum("hqd,hkd->hqk", qh[row, i], kw, preferred_element_type=_F32) * scale
+            valid = qs[row, i][:, None] == ks[None, :]
+            if causal:
+                q_pos = i * cq + jnp.arange(cq) + offset
+                valid = valid & (q_pos[:, None] >= first * kb + jnp.arange(w * kb)[None, :])
+            return masked_softmax_pv(scores, jnp.tile(valid, (g, 1))[None], vw)
+
+        return run
+
+    branches = [branch(w) for w in widths]
+    rows, chunks = jnp.repeat(jnp.arange(b), nq), jnp.tile(jnp.arange(nq), b)
+    out = jax.lax.map(lambda a: jax.lax.switch(a[2], branches, a[0], a[1], a[3]),
+                      (rows, chunks, width_idx.reshape(-1), start.reshape(-1)))  # [b*nq, hkv, g*cq, d]
+    out = out.reshape(b, nq, hkv, g, cq, d).transpose(0, 1, 4, 2, 3, 5)
+    return out.reshape(b, s, hq, d).astype(q.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def windowed_rule(q, k, v, q_seg, kv_seg, scale, causal, rule):
+    """``windowed_attention``, differentiated as ``rule(q, k, v, q_seg, kv_seg, scale, causal)``
+    (forward and backward both: under ``jax.grad`` the values are exactly ``rule``'s)."""
+    return windowed_attention(q, k, v, q_seg, kv_seg, scale, causal)
+
+
+def _windowed_rule_fwd(q, k, v, q_seg, kv_seg, scale, causal, rule):
+    return jax.vjp(lambda q, k, v: rule(q, k, v, q_seg, kv_seg, scale, causal), q, k, v)
+
+
+def _windowed_rule_bwd(scale, causal, rule, pullback, g):
+    return (*pullback(g), None, None)
+
+
+windowed_rule.defvjp(_windowed_rule_fwd, _windowed_rule_bwd)
