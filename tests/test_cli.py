@@ -67,6 +67,18 @@ def test_generate_reports_a_bad_image(converted, tmp_path):
                  "--prompt", "hi", "--max-new-tokens", "2"]) == 2
 
 
+def test_the_training_demo_runs_from_the_shipped_recipe(tmp_path, capsys):
+    """The README's first command: the training demo (a few steps), its recipe found in the checkout."""
+    from qwen2vl_jax.demo.training import RECIPE
+
+    assert RECIPE.is_file(), RECIPE
+    args = ["demo", "--workdir", str(tmp_path), "steps=2", "log_every=1", "eval.num_examples=4",
+            "eval.batch_size=4", "tensorboard=false", "per_device_batch_size=2", "data.patches_per_row=192"]
+    assert main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("held-out exact match: ") and "answer-without-looking baseline:" in last
+
+
 def test_demo_runs(tmp_path, capsys):
     assert main(["demo", "--inference", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "experiments" / "configs" / "demo.yaml"
 
 
 def run(overrides: list[str] = (), workdir: str | None = None) -> int:
