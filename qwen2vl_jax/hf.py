@@ -68,6 +68,22 @@ class Qwen2VLOutput:
     inputs_embeds: np.ndarray | None = None
 
 
+def save_hf_checkpoint(out_dir: str | os.PathLike, cfg: ModelConfig, params: Any, dtype: Any,
+                       generation_config: dict | None, *, write: bool = True,
+                       max_shard_bytes: int = 5 * 2**30) -> Path:
+    """``config.json``, ``generation_config.json`` and the safetensors of ``params`` (host or
+    sharded arrays, streamed tensor by tensor) in the HF layout. In a multi-process run every
+    process calls it (the shards are gathered one tensor at a time) and only ``write`` writes."""
+    d = Path(out_dir)
+    dt = canonical_dtype(dtype)
+    save_hf_weights(d, cfg, params, dtype=jnp.dtype(dt), max_shard_bytes=max_shard_bytes, write=write)
+    if write:
+        (d / "config.json").write_text(json.dumps(cfg.to_hf_dict(dt), indent=2))
+        if generation_config:
+            (d / "generation_config.json").write_text(json.dumps(generation_config, indent=2))
+    return d
+
+
 class Qwen2VLForConditionalGeneration:
     """Holds ``(config, runtime, mesh, graphdef, params)``; every computation is a jitted pure
     function run under ``jax.set_mesh(mesh)``, with every parameter sharded by the rules table.
@@ -143,15 +159,9 @@ class Qwen2VLForConditionalGeneration:
     def save_pretrained(self, out_dir: str | os.PathLike, dtype: Any = None,
                         max_shard_bytes: int = 5 * 2**30) -> Path:
         """Write ``config.json`` + safetensors in the on-disk HF layout (transformers loads it)."""
-        d = Path(out_dir)
         dt = self.runtime.param_dtype if dtype is None else canonical_dtype(dtype)
-        save_hf_weights(d, self.config, self.pure_params(), dtype=jnp.dtype(dt), max_shard_bytes=max_shard_bytes)
-        with open(d / "config.json", "w") as f:
-            json.dump(self.config.to_hf_dict(dt), f, indent=2)
-        if self.generation_config:
-            with open(d / "generation_config.json", "w") as f:
-                json.dump(self.generation_config, f, indent=2)
-        return d
+        return save_hf_checkpoint(out_dir, self.config, self.pure_params(), dt, self.generation_config,
+                                  max_shard_bytes=max_shard_bytes)
 
     def save_native(self, out_dir: str | os.PathLike) -> Path:
         """Write our Orbax checkpoint (see checkpoint/native.py)."""

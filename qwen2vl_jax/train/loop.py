@@ -19,7 +19,6 @@ the mesh changes no batch (see data_pipelines/pipeline.py and train/state.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import zlib
@@ -207,15 +206,12 @@ def _train(run: RunConfig, say: Callable[[str], None], lock: RunLock | None = No
 def export_model(run: RunConfig, cfg: Any, params: Any, processor: Any):
     """Save ``params`` in the HF layout with the processor, for ``generate`` / ``eval --model``,
     tensor by tensor from their shards (the model is never gathered on one host)."""
-    from qwen2vl_jax.checkpoint.safetensors_io import save_hf_weights
+    from qwen2vl_jax.hf import save_hf_checkpoint
 
-    out = run.run_dir / "model"
     writer = jax.process_index() == 0
-    save_hf_weights(out, cfg, params, dtype=run.runtime.param_dtype, write=writer)
+    out = save_hf_checkpoint(run.run_dir / "model", cfg, params, run.runtime.param_dtype,
+                             processor.tokenizer.greedy_generation_config(), write=writer)
     if writer:
-        (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(run.runtime.param_dtype), indent=2))
-        (out / "generation_config.json").write_text(
-            json.dumps(processor.tokenizer.greedy_generation_config(), indent=2))
         processor.save_pretrained(out)
     return out
 
